@@ -1,0 +1,5 @@
+import sys
+
+from torchpint.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,25 @@
+"""Plots written by the CLI (matplotlib, no screen needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def plot_residuals(histories: Mapping[str, Sequence[float]], path: str, title: str = "") -> None:
+    """Residual 2-norm against iteration, log scale, one line per history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, residuals in histories.items():
+        ax.semilogy(range(1, len(residuals) + 1), [max(r, 1e-300) for r in residuals], "o-", label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("space-time residual (2-norm)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,213 @@
+"""``torchpint solve``: MGRIT on a shipped problem, serial or over ``--nproc`` processes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from torchpint.engine import MGRIT, SolveResult, time_grid
+from torchpint.engine.problem import Problem
+from torchpint.problems import Brusselator, Dahlquist, Heat1D, default_rhs
+from torchpint.problems.faults import FaultyProblem
+
+PROBLEMS = ("dahlquist", "heat1d", "brusselator")
+
+# Per-problem defaults: Heat1D and Dahlquist as PyMGRIT's examples.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "dahlquist": {"nt": 101, "t_start": 0.0, "t_stop": 5.0},
+    "heat1d": {"nt": 65, "t_start": 0.0, "t_stop": 2.0},
+    "brusselator": {"nt": 257, "t_start": 0.0, "t_stop": 6.4},
+}
+
+
+@dataclass
+class SolveConfig:
+    """Everything a worker needs to build the problem and the solver (picklable)."""
+
+    problem: str = "heat1d"
+    nt: int = 65
+    t_start: float = 0.0
+    t_stop: float = 2.0
+    levels: int = 2
+    cf: list[int] = field(default_factory=lambda: [2])
+    relax: str = "FCF"
+    weight_c: float = 1.0
+    cycle: str = "V"
+    nested: bool = True
+    tol: float = 1e-7
+    rtol: float = 0.0
+    max_iter: int = 100
+    # problem parameters
+    nx: int = 65
+    x_start: float = 0.0
+    x_end: float = 2.0
+    a: float = 1.0
+    lam: float = -1.0
+    method: str = "BE"
+    # output
+    verbose: bool = True
+    return_solution: bool = False
+    fault: dict[str, Any] | None = None  # {"kind": "nan"|"exit", "after_steps": n, "rank": r}
+
+    def cf_list(self) -> list[int]:
+        return self.cf * max(self.levels - 1, 1) if len(self.cf) == 1 else self.cf
+
+
+def build_problem(config: SolveConfig) -> Problem:
+    if config.problem == "dahlquist":
+        problem: Problem = Dahlquist(lam=config.lam, method=config.method)
+    elif config.problem == "heat1d":
+        problem = Heat1D(config.x_start, config.x_end, config.nx, config.a, rhs=default_rhs(config.a))
+    elif config.problem == "brusselator":
+        problem = Brusselator()
+    else:
+        raise ValueError(f"unknown problem {config.problem!r}: use one of {', '.join(PROBLEMS)}")
+    if config.fault:
+        problem = FaultyProblem(problem, **config.fault)
+    return problem
+
+
+def build_solver(config: SolveConfig, callback: Any = None) -> MGRIT:
+    return MGRIT(
+        build_problem(config),
+        time_grid(config.t_start, config.t_stop, config.nt),
+        levels=config.levels,
+        cf=config.cf_list(),
+        relax=config.relax,
+        weight_c=config.weight_c,
+        cycle=config.cycle,
+        nested=config.nested,
+        tol=config.tol,
+        rtol=config.rtol,
+        max_iter=config.max_iter,
+        callback=callback,
+    )
+
+
+def print_iteration(iteration: int, residual: float, factor: float | None) -> None:
+    rate = "       -" if factor is None else f"{factor:8.4f}"
+    print(f"  iter {iteration:3d} | residual {residual:11.4e} | conv. factor {rate}", flush=True)
+
+
+def solve_worker(config: SolveConfig) -> dict[str, Any]:
+    """Build and run the solve on this process (rank 0 reports); returns the summary."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    callback = print_iteration if (config.verbose and rank == 0) else None
+    solver = build_solver(config, callback)
+    result = solver.solve()
+    summary = result.summary()
+    if config.return_solution:
+        summary["t"] = result.t.tolist()
+        summary["u"] = result.u.tolist()  # type: ignore[union-attr]
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("problem", choices=PROBLEMS, help="which problem to solve")
+    parser.add_argument("--nt", type=int, help="time points including t_start (as PyMGRIT)")
+    parser.add_argument("--t-start", type=float)
+    parser.add_argument("--t-stop", type=float)
+    parser.add_argument("--levels", type=int, default=2)
+    parser.add_argument("--cf", default="2", help="coarsening factor, or one per level: 4,2")
+    parser.add_argument("--relax", default="FCF", help="F, FCF or F(CF)^k")
+    parser.add_argument("--weight-c", type=float, default=1.0, help="C-relaxation weight")
+    parser.add_argument("--cycle", default="V", choices=("V", "F"))
+    parser.add_argument("--nested", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--tol", type=float, default=1e-7, help="absolute tolerance")
+    parser.add_argument("--rtol", type=float, default=0.0, help="tolerance relative to iteration 1")
+    parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument("--nproc", type=int, default=1, help="time-parallel processes")
+    parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
+    parser.add_argument("--x-start", type=float, default=0.0)
+    parser.add_argument("--x-end", type=float, default=2.0)
+    parser.add_argument("--a", type=float, default=1.0, help="heat1d: thermal conductivity")
+    parser.add_argument("--lam", type=float, default=-1.0, help="dahlquist: lambda")
+    parser.add_argument("--method", default="BE", choices=("BE", "FE", "TR"), help="dahlquist scheme")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    parser.add_argument("--plot", metavar="FILE.png", help="write the convergence history")
+    parser.add_argument("--inject-fault", help=argparse.SUPPRESS)  # kind:after_steps:rank
+
+
+def parse_cf(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--cf must be an integer or a comma-separated list, got {text!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> SolveConfig:
+    defaults = DEFAULTS[args.problem]
+    fault = None
+    if args.inject_fault:
+        kind, after, rank = (args.inject_fault.split(":") + ["", ""])[:3]
+        fault = {"kind": kind, "after_steps": int(after or 0), "rank": int(rank) if rank else None}
+    return SolveConfig(
+        problem=args.problem,
+        nt=args.nt if args.nt is not None else defaults["nt"],
+        t_start=args.t_start if args.t_start is not None else defaults["t_start"],
+        t_stop=args.t_stop if args.t_stop is not None else defaults["t_stop"],
+        levels=args.levels,
+        cf=parse_cf(args.cf),
+        relax=args.relax,
+        weight_c=args.weight_c,
+        cycle=args.cycle,
+        nested=args.nested,
+        tol=args.tol,
+        rtol=args.rtol,
+        max_iter=args.max_iter,
+        nx=args.nx,
+        x_start=args.x_start,
+        x_end=args.x_end,
+        a=args.a,
+        lam=args.lam,
+        method=args.method,
+        fault=fault,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
+
+    config = config_from_args(args)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    # Validate everything here, before any worker starts: bad input never reaches a worker.
+    build_solver(config)
+    if args.nproc > config.nt:
+        raise ValueError(f"--nproc {args.nproc} is more than the {config.nt} time points")
+    print(
+        f"torchpint solve {config.problem}: nt={config.nt}, levels={config.levels}, "
+        f"cf={config.cf_list()[: config.levels - 1]}, relax={config.relax}, cycle={config.cycle}, "
+        f"nested={config.nested}, tol={config.tol:g}, nproc={args.nproc}",
+        flush=True,
+    )
+    if launched_by_torchrun():
+        init_from_env()
+        summary = solve_worker(config)
+        if torch.distributed.get_rank() != 0:
+            return 0
+    elif args.nproc > 1:
+        summary = run_workers(solve_worker, args.nproc, (config,))[0]
+    else:
+        summary = solve_worker(config)
+    status = "converged" if summary["converged"] else "not converged"
+    print(
+        f"{status} after {summary['iterations']} iterations in {summary['seconds']:.3f} s "
+        f"(setup {summary['setup_seconds']:.3f} s)"
+    )
+    if args.plot:
+        from torchpint.cli.plots import plot_residuals
+
+        plot_residuals({f"MGRIT, {args.nproc} proc.": summary["residuals"]}, args.plot, title=f"{config.problem}")
+        print(f"convergence plot: {args.plot}")
+    if args.json:
+        summary["config"] = asdict(config)
+        summary["nproc"] = args.nproc
+        print(json.dumps(summary), flush=True)
+    sys.stdout.flush()
+    return 0

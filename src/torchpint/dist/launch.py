@@ -1,0 +1,158 @@
+"""Start and supervise worker processes for torch.distributed runs on one machine.
+
+``run_workers(fn, nproc, ...)`` is what ``torchpint ... --nproc N`` and the tests use: it
+spawns ``nproc`` processes, gives each the torchrun environment (``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``), one intra-op thread, and a gloo (CPU) or nccl (CUDA)
+process group, runs ``fn(*args)`` in each, and returns their results in rank order.
+
+Supervision is the point: if any worker raises, its message comes back as a
+:class:`WorkerError`; if any worker dies (killed, segfault, ``os._exit``), the others are
+terminated within a fraction of a second and the error names the rank and its exit code.
+A run never hangs on a dead peer.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed; the message says which rank and why."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 120.0) -> None:
+    """Join the process group described by the torchrun environment variables."""
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("TORCHPINT_BACKEND") != "gloo" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _worker(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    rank: int,
+    nproc: int,
+    port: int,
+    threads: int,
+    backend: str,
+    results: Any,
+) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(threads)
+    try:
+        init_from_env(backend)
+        value = fn(*args)
+        results.put((rank, "ok", value))
+    except BaseException as error:  # noqa: BLE001 - everything goes back to the parent
+        detail = traceback.format_exc() if os.environ.get("TORCHPINT_DEBUG") else ""
+        results.put((rank, "error", f"{type(error).__name__}: {error}\n{detail}".rstrip()))
+        results.close()
+        results.join_thread()
+        os._exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_workers(
+    fn: Callable[..., Any],
+    nproc: int,
+    args: tuple[Any, ...] = (),
+    *,
+    threads: int = 1,
+    backend: str = "gloo",
+    timeout_s: float | None = None,
+) -> list[Any]:
+    """Run ``fn(*args)`` on ``nproc`` supervised processes; their results in rank order.
+
+    ``fn`` and ``args`` must be picklable (module-level function).  Raises
+    :class:`WorkerError` when a worker raises or dies, after stopping all the others.
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(fn, args, rank, nproc, port, threads, backend, results), daemon=True)
+        for rank in range(nproc)
+    ]
+    for proc in procs:
+        proc.start()
+    values: dict[int, Any] = {}
+    start = time.monotonic()
+    try:
+        while len(values) < nproc:
+            try:
+                rank, status, value = results.get(timeout=0.05)
+            except queue_module.Empty:
+                for rank, proc in enumerate(procs):
+                    if proc.exitcode not in (None, 0) and rank not in values:
+                        # It may have reported its error just before exiting: read that first.
+                        time.sleep(0.2)
+                        _drain_errors(results)
+                        raise WorkerError(
+                            f"worker {rank} of {nproc} died (exit code {proc.exitcode}); stopped the others"
+                        )
+                if timeout_s is not None and time.monotonic() - start > timeout_s:
+                    raise WorkerError(f"workers did not finish within {timeout_s:.0f} s; stopped them")
+                continue
+            if status == "error":
+                raise WorkerError(f"worker {rank} of {nproc} failed: {value}")
+            values[rank] = value
+        for proc in procs:
+            proc.join(timeout=30)
+        return [values[r] for r in range(nproc)]
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _drain_errors(results: Any) -> None:
+    """Raise the first error message a worker managed to send, if any."""
+    while True:
+        try:
+            rank, status, value = results.get_nowait()
+        except queue_module.Empty:
+            return
+        if status == "error":
+            raise WorkerError(f"worker {rank} failed: {value}")

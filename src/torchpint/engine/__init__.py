@@ -1,0 +1,24 @@
+"""The parallel-in-time engine: problems, MGRIT, parareal, serial or over torch.distributed."""
+
+from torchpint.engine.comm import Comm, DistComm, SerialComm
+from torchpint.engine.grid import GridError
+from torchpint.engine.mgrit import MGRIT, ConfigError, NonFiniteError, parse_relax, time_grid
+from torchpint.engine.parareal import Parareal
+from torchpint.engine.problem import Problem, step_batch
+from torchpint.engine.result import SolveResult
+
+__all__ = [
+    "MGRIT",
+    "Comm",
+    "ConfigError",
+    "DistComm",
+    "GridError",
+    "NonFiniteError",
+    "Parareal",
+    "Problem",
+    "SerialComm",
+    "SolveResult",
+    "parse_relax",
+    "step_batch",
+    "time_grid",
+]

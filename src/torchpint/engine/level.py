@@ -1,0 +1,105 @@
+"""One level of the MGRIT hierarchy on one rank: its layout, its states, its stepper.
+
+The trajectory of the points a rank owns is kept *stacked* (leading time axis), so the
+points of the same offset inside their C-intervals form a strided slice, a view: relaxing
+every interval by one step is one ``step_batch`` call on that slice, with no copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from torchpint.engine.comm import Comm
+from torchpint.engine.grid import Layout
+from torchpint.engine.problem import Problem, step_batch
+from torchpint.engine.state import State, add, stack, take, tree_map
+from torchpint.engine.timing import PhaseTimer
+
+
+@dataclass
+class Level:
+    """Storage and local stepping of one level.
+
+    ``u`` is the current approximation at the owned points; ``g`` the FAS right-hand side
+    (``None`` on the finest level, where it is zero); ``v`` the injected fine approximation
+    that the coarse-grid correction is measured against (coarse levels only).
+    """
+
+    index: int
+    layout: Layout
+    problem: Problem
+    comm: Comm
+    timer: PhaseTimer
+    template: State  # one state, for receiving and for the shape of the data
+    u: State | None = None
+    g: State | None = None
+    v: State | None = None
+    steps_taken: int = field(default=0)
+
+    # ------------------------------------------------------------------ stepping
+    def phi(self, u: State, first: int, count: int, stride: int = 1) -> State:
+        """Step the stacked states ``u`` from the global points ``first + k*stride`` to the next point."""
+        t = self.layout.t
+        idx = slice(first, first + count * stride, stride)
+        t0 = t[idx]
+        t1 = t[first + 1 : first + 1 + count * stride : stride]
+        self.steps_taken += count
+        with self.timer.phase("step"):
+            return step_batch(self.problem, u, t0, t1)
+
+    def phi_plus_g(self, u: State, first: int, count: int, stride: int = 1) -> State:
+        """``Phi(u) + g`` at the points that follow ``first + k*stride`` (the level's equation)."""
+        out = self.phi(u, first, count, stride)
+        if self.g is None:
+            return out
+        lo = self.layout.lo
+        g = take(self.g, slice(first + 1 - lo, first + 1 - lo + count * stride, stride))
+        return add(out, g)
+
+    # ------------------------------------------------------------------ halo
+    def halo(self, values: State, needs: Callable[[int], bool]) -> State | None:
+        """Send this rank's last point forward; receive the point before this rank's first.
+
+        ``needs(boundary)`` says whether the rank whose first point is the global index
+        ``boundary`` needs the point before it.  The sender evaluates it at its ``hi``, the
+        receiver at its ``lo`` (the same index), so a message is posted exactly when the other
+        side waits for it.  Sends are non-blocking and always go forward in time: no deadlock.
+        """
+        layout = self.layout
+        nxt = layout.next_owner()
+        with self.timer.phase("comm"):
+            if nxt is not None and needs(layout.hi):
+                self.comm.send(take(values, layout.n_local - 1), nxt)
+            prev = layout.prev_owner()
+            if prev is not None and needs(layout.lo):
+                return self.comm.recv(self.template, prev)
+        return None
+
+    def send_last(self, values: State, needs: Callable[[int], bool]) -> None:
+        """The sending half of :meth:`halo` (for exchanges that must wait for local work)."""
+        nxt = self.layout.next_owner()
+        if nxt is not None and needs(self.layout.hi):
+            with self.timer.phase("comm"):
+                self.comm.send(take(values, self.layout.n_local - 1), nxt)
+
+    def recv_halo(self, needs: Callable[[int], bool]) -> State | None:
+        """The receiving half of :meth:`halo`."""
+        prev = self.layout.prev_owner()
+        if prev is None or not needs(self.layout.lo):
+            return None
+        with self.timer.phase("comm"):
+            return self.comm.recv(self.template, prev)
+
+
+def cat_points(first: State | None, rest: State) -> State:
+    """Prepend one single state to a stacked state."""
+    if first is None:
+        return rest
+    return tree_map(lambda a, b: torch.cat([a.unsqueeze(0), b]), first, rest)
+
+
+def stack_one(state: State) -> State:
+    return stack([state])

@@ -1,0 +1,318 @@
+"""Multigrid reduction in time (MGRIT) with FAS, any number of levels, V- and F-cycles.
+
+The iteration follows the algorithm as PyMGRIT implements it, so that residual histories
+compare one to one:
+
+* initial guess: ``u_0`` at ``t_0``, zero elsewhere; with nested iteration the coarsest
+  level is solved first and its solution injected level by level (a V-cycle on each
+  intermediate level), the F-points being filled by the first F-relaxation;
+* a cycle on level ``l``: F-relaxation (skipped on the finest level after the first
+  iteration, since the previous cycle ended with one), ``cf_iter`` times C- then
+  F-relaxation, FAS restriction, the cycle on ``l+1``, the coarse-grid correction at the
+  C-points, an F-relaxation; an F-cycle then runs a V-cycle from every level ``l > 0``;
+* the coarsest level is solved by sequential time stepping;
+* after each iteration, the space-time residual ``r_i = Phi(u_{i-1}) - u_i`` at the C-points
+  ``i >= 1`` of the finest level, combined in the 2-norm; stop when it is below ``tol`` (or
+  below ``rtol`` times the first iteration's residual).
+
+Communication lives in :mod:`torchpint.engine.comm`, layout in :mod:`~torchpint.engine.grid`,
+relaxation in :mod:`~torchpint.engine.relax`, transfers in :mod:`~torchpint.engine.transfer`;
+this module only sequences them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchpint.engine.comm import Comm, default_comm
+from torchpint.engine.grid import coarsen, layouts
+from torchpint.engine.level import Level
+from torchpint.engine.problem import Problem
+from torchpint.engine.relax import c_relax, c_residual, f_relax, sequential_solve
+from torchpint.engine.result import SolveResult
+from torchpint.engine.state import (
+    State,
+    batch_sq_norms,
+    expand,
+    flatten,
+    put,
+    take,
+    tree_map,
+    unflatten,
+)
+from torchpint.engine.timing import PhaseTimer
+from torchpint.engine.transfer import c_slice, correct, restrict
+
+
+class ConfigError(ValueError):
+    """Solver options that cannot work; the message says which and why."""
+
+
+class NonFiniteError(ArithmeticError):
+    """A step produced NaN or Inf; the message names the iteration."""
+
+    def __init__(self, iteration: int, where: str = "the space-time residual") -> None:
+        super().__init__(
+            f"iteration {iteration}: {where} is not finite (a step returned NaN or Inf); stopped"
+        )
+        self.iteration = iteration
+
+
+IterationCallback = Callable[[int, float, float | None], None]
+
+
+def time_grid(t_start: float, t_stop: float, nt: int) -> torch.Tensor:
+    """``nt`` equidistant points, ``t_start`` and ``t_stop`` included (numpy's linspace, as PyMGRIT)."""
+    if nt < 2:
+        raise ConfigError(f"nt must be >= 2 (it counts the points including t_start), got {nt}")
+    if not t_stop > t_start:
+        raise ConfigError(f"t_stop ({t_stop}) must be greater than t_start ({t_start})")
+    return torch.from_numpy(np.linspace(t_start, t_stop, nt))
+
+
+def parse_relax(relax: str | int) -> int:
+    """``"F"`` -> 0, ``"FCF"`` -> 1, ``"F(CF)^k"`` / ``"F(CF)k"`` -> k: the number of CF sweeps."""
+    if isinstance(relax, int):
+        if relax < 0:
+            raise ConfigError(f"the number of CF sweeps must be >= 0, got {relax}")
+        return relax
+    text = relax.strip().upper().replace(" ", "")
+    if text == "F":
+        return 0
+    if text == "FCF":
+        return 1
+    match = re.fullmatch(r"F\(CF\)\^?(\d+)", text)
+    if match:
+        return int(match.group(1))
+    raise ConfigError(f"unknown relaxation {relax!r}: use 'F', 'FCF' or 'F(CF)^k'")
+
+
+class MGRIT:
+    """Solve ``u_{i+1} = Phi(u_i)`` on a time grid with MGRIT.
+
+    Args:
+        problem: one problem for every level, or one per level (finest first).
+        t: the finest time grid (``time_grid(t_start, t_stop, nt)``).
+        levels: number of levels (1 = sequential time stepping).
+        cf: coarsening factor, one for all levels or one per level.
+        relax: ``"F"``, ``"FCF"`` or ``"F(CF)^k"`` (or the number of CF sweeps).
+        weight_c: C-relaxation weight (1 = plain C-relaxation).
+        cycle: ``"V"`` or ``"F"``.
+        nested: start from nested iteration (coarsest solve interpolated up).
+        tol: absolute tolerance on the space-time residual 2-norm (stop when below).
+        rtol: relative tolerance, against the first iteration's residual (0 = off).
+        max_iter: at most this many iterations.
+        comm: how ranks talk; default: torch.distributed if initialised, else one process.
+        store: ``"all"`` points or only the finest level's ``"c"``-points in the result.
+        gather: give every rank the whole solution (else only its own block).
+        callback: called on every rank after each iteration with
+            ``(iteration, residual, convergence factor or None)``.
+    """
+
+    def __init__(
+        self,
+        problem: Problem | Sequence[Problem],
+        t: torch.Tensor | Sequence[float],
+        *,
+        levels: int = 2,
+        cf: int | Sequence[int] = 2,
+        relax: str | int = "FCF",
+        weight_c: float = 1.0,
+        cycle: str = "V",
+        nested: bool = True,
+        tol: float = 1e-7,
+        rtol: float = 0.0,
+        max_iter: int = 100,
+        comm: Comm | None = None,
+        store: str = "all",
+        gather: bool = True,
+        callback: IterationCallback | None = None,
+    ) -> None:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        cfs = [cf] * max(levels - 1, 0) if isinstance(cf, int) else list(cf)
+        if cycle.upper() not in ("V", "F"):
+            raise ConfigError(f"cycle must be 'V' or 'F', got {cycle!r}")
+        if not (tol >= 0 and math.isfinite(tol)):
+            raise ConfigError(f"tol must be a finite number >= 0, got {tol}")
+        if not (rtol >= 0 and math.isfinite(rtol)):
+            raise ConfigError(f"rtol must be a finite number >= 0, got {rtol}")
+        if max_iter < 1:
+            raise ConfigError(f"max_iter must be >= 1, got {max_iter}")
+        if not (weight_c > 0 and math.isfinite(weight_c)):
+            raise ConfigError(f"weight_c must be > 0, got {weight_c}")
+        if store not in ("all", "c"):
+            raise ConfigError(f"store must be 'all' or 'c', got {store!r}")
+        for lvl, m in enumerate(cfs[: max(levels - 1, 0)]):
+            if m < 2:
+                raise ConfigError(f"cf must be >= 2, got cf={m} for level {lvl}")
+        self.grids = coarsen(t, cfs, levels)
+        if isinstance(problem, Sequence):
+            if len(problem) != levels:
+                raise ConfigError(f"got {len(problem)} problems for {levels} levels")
+            self.problems = list(problem)
+        else:
+            self.problems = [problem] * levels
+        self.cf = cfs[: levels - 1]
+        self.cf_iter = parse_relax(relax)
+        self.weight_c = float(weight_c)
+        self.cycle = cycle.upper()
+        self.nested = nested
+        self.tol = float(tol)
+        self.rtol = float(rtol)
+        self.max_iter = int(max_iter)
+        self.comm = comm if comm is not None else default_comm()
+        self.store = store
+        self.gather = gather
+        self.callback = callback
+        self.layouts = layouts(self.grids, self.cf, self.comm.rank, self.comm.size)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.grids)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "nt": int(self.grids[0].numel()),
+            "levels": self.num_levels,
+            "cf": self.cf,
+            "relax": "F" if self.cf_iter == 0 else ("FCF" if self.cf_iter == 1 else f"F(CF)^{self.cf_iter}"),
+            "weight_c": self.weight_c,
+            "cycle": self.cycle,
+            "nested": self.nested,
+            "tol": self.tol,
+            "rtol": self.rtol,
+            "max_iter": self.max_iter,
+            "nproc": self.comm.size,
+        }
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self, u0: State, timer: PhaseTimer) -> list[Level]:
+        levels = []
+        for lvl, layout in enumerate(self.layouts):
+            level = Level(lvl, layout, self.problems[lvl], self.comm, timer, template=u0)
+            level.u = tree_map(torch.zeros_like, expand(u0, layout.n_local))
+            if layout.lo == 0 and layout.n_local > 0:
+                put(level.u, 0, u0)
+            if lvl > 0:
+                level.g = tree_map(torch.zeros_like, level.u)
+                level.v = tree_map(torch.zeros_like, level.u)
+            levels.append(level)
+        return levels
+
+    # ------------------------------------------------------------------ cycles
+    def _cycle(self, levels: list[Level], lvl: int, cycle: str, first_f: bool) -> None:
+        level = levels[lvl]
+        if lvl == len(levels) - 1:
+            sequential_solve(level)
+            return
+        if first_f:
+            f_relax(level)
+        for _ in range(self.cf_iter):
+            c_relax(level, self.weight_c)
+            f_relax(level)
+        restrict(level, levels[lvl + 1])
+        self._cycle(levels, lvl + 1, cycle, first_f=True)
+        correct(level, levels[lvl + 1])
+        f_relax(level)
+        if lvl != 0 and cycle == "F":
+            self._cycle(levels, lvl, "V", first_f=False)
+
+    def _nested_iteration(self, levels: list[Level]) -> None:
+        """Solve the coarsest level, then inject upwards with a V-cycle on each coarse level."""
+        sequential_solve(levels[-1])
+        for lvl in range(len(levels) - 2, -1, -1):
+            fine, coarse = levels[lvl], levels[lvl + 1]
+            assert fine.u is not None and coarse.u is not None
+            if coarse.layout.n_local > 0:
+                put(fine.u, c_slice(fine), coarse.u)
+            if lvl > 0:
+                self._cycle(levels, lvl, "V", first_f=True)
+
+    def _residual_norm(self, finest: Level) -> float:
+        residual = c_residual(finest)
+        local = torch.zeros((), dtype=torch.float64)
+        if residual is not None:
+            local = batch_sq_norms(residual[1]).sum()
+        return math.sqrt(float(self.comm.sum(local)))
+
+    # ------------------------------------------------------------------ solve
+    def solve(self, u0: State | None = None) -> SolveResult:
+        """Run MGRIT from ``u0`` (default: ``problem.initial_value()``)."""
+        if u0 is None:
+            initial = getattr(self.problems[0], "initial_value", None)
+            if initial is None:
+                raise ConfigError("no u0 given and the problem has no initial_value()")
+            u0 = initial()
+        timer = PhaseTimer()
+        start = time.perf_counter()
+        levels = self._setup(u0, timer)
+        if self.nested and self.num_levels > 1:
+            with timer.phase("nested"):
+                self._nested_iteration(levels)
+        setup_seconds = time.perf_counter() - start
+
+        residuals: list[float] = []
+        converged = False
+        start = time.perf_counter()
+        for iteration in range(1, self.max_iter + 1):
+            self._cycle(levels, 0, self.cycle, first_f=iteration == 1)
+            with timer.phase("residual"):
+                norm = self._residual_norm(levels[0])
+            if not math.isfinite(norm):
+                raise NonFiniteError(iteration)
+            residuals.append(norm)
+            factor = norm / residuals[-2] if len(residuals) > 1 and residuals[-2] > 0 else None
+            if self.callback is not None:
+                self.callback(iteration, norm, factor)
+            if norm < self.tol or (self.rtol > 0 and norm < self.rtol * residuals[0]):
+                converged = True
+                break
+        solve_seconds = time.perf_counter() - start
+
+        t, u = self._collect(levels[0])
+        return SolveResult(
+            t=t,
+            u=u,
+            residuals=residuals,
+            iterations=len(residuals),
+            converged=converged,
+            setup_seconds=setup_seconds,
+            solve_seconds=solve_seconds,
+            phase_seconds=timer.as_dict(),
+            steps_per_level=[level.steps_taken for level in levels],
+            options=self.options(),
+        )
+
+    # ------------------------------------------------------------------ output
+    def _collect(self, finest: Level) -> tuple[torch.Tensor, State]:
+        layout = finest.layout
+        assert finest.u is not None
+        if self.store == "c" and layout.m is not None:
+            where = c_slice(finest)
+            local_t = layout.t[layout.lo : layout.hi][where]
+            local_u = take(finest.u, where)
+        else:
+            local_t = layout.t[layout.lo : layout.hi]
+            local_u = finest.u
+        if not self.gather or self.comm.size == 1:
+            return local_t, local_u
+        times = torch.cat(self.comm.all_gather_sizes(local_t))
+        chunks = self.comm.all_gather_sizes(flatten(local_u))
+        template = finest.template
+        counts = [len(self._stored_indices(rank)) for rank in range(self.comm.size)]
+        parts = [unflatten(c, expand(template, n)) for c, n in zip(chunks, counts) if n > 0]
+        return times, tree_map(lambda *xs: torch.cat(xs), *parts)
+
+    def _stored_indices(self, rank: int) -> range:
+        lo, hi = self.layouts[0].ranges[rank]
+        m = self.layouts[0].m
+        if self.store == "c" and m is not None:
+            return range(-(-lo // m) * m, hi, m)
+        return range(lo, hi)

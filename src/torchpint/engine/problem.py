@@ -1,0 +1,45 @@
+"""The contract between a problem and the solvers.
+
+A problem is anything with ``step(u, t_start, t_stop) -> u_next``: one application of the
+time-stepper from ``t_start`` to ``t_stop``.  That is all the engine needs (as in PyMGRIT's
+``Application``, but states are torch tensors or containers of them).
+
+Two optional additions, both used by the engine when present:
+
+* ``step_batch(u, t_start, t_stop)``: many *independent* states at once.  ``u`` is a stacked
+  state (every leaf has a leading batch axis), ``t_start`` / ``t_stop`` are float64 tensors of
+  shape ``(batch,)``.  F-relaxation, C-relaxation and the FAS restriction are parallel over
+  intervals, and this is where a single process (or a single GPU) gets its time-parallel
+  speed: one call advances every interval by one step.
+* ``initial_value()``: the state at ``t_start``, used when ``solve()`` is given none.
+
+A solver accepts one problem for every level (the coarse levels then use the same stepper
+with a larger step) or a sequence of problems, one per level (e.g. a coarse model with a
+larger learning rate when the "time steps" are training steps).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from torchpint.engine.state import State, stack, take, length
+
+
+@runtime_checkable
+class Problem(Protocol):
+    """One time step of a problem: ``u(t_stop)`` from ``u(t_start)``."""
+
+    def step(self, u: State, t_start: float, t_stop: float) -> State: ...
+
+
+def step_batch(problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.Tensor) -> State:
+    """Advance a stacked state one step per entry, with the problem's batched step if it has one."""
+    batched = getattr(problem, "step_batch", None)
+    if batched is not None:
+        return batched(u, t_start, t_stop)
+    n = length(u)
+    return stack(
+        [problem.step(take(u, i), float(t_start[i]), float(t_stop[i])) for i in range(n)]
+    )
