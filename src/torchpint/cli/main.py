@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from torchpint.cli import demo, solve
+# Each command lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
+# modules are imported lazily so that ``torchpint solve`` does not load the neural-network code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "solve": ("torchpint.cli.solve", "solve a shipped problem with MGRIT"),
+    "demo": ("torchpint.cli.demo", "run the main demonstration and write a report"),
+    "paranet": ("torchpint.cli.paranet", "parareal neural networks: train, info"),
+    "mgrit-train": ("torchpint.cli.mgrit_train", "training parallel across steps with MGRIT"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchpint", description="Parallel-in-time methods for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
-    solve.add_arguments(sub.add_parser("solve", help="solve a shipped problem with MGRIT"))
-    demo.add_arguments(sub.add_parser("demo", help="run the main demonstration and write a report"))
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            add_arguments = importlib.import_module(module).add_arguments
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+            continue  # a capability not in this build yet
+        add_arguments(sub.add_parser(name, help=help_text))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"solve": solve.run, "demo": demo.run}
     try:
-        return handlers[args.command](args)
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
