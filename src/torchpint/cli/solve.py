@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -107,6 +108,11 @@ def solve_worker(config: SolveConfig) -> dict[str, Any]:
     return summary
 
 
+def solve_many(configs: list[SolveConfig]) -> list[dict[str, Any]]:
+    """Several solves in one process group (one worker start-up for many checks)."""
+    return [solve_worker(config) for config in configs]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("problem", choices=PROBLEMS, help="which problem to solve")
     parser.add_argument("--nt", type=int, help="time points including t_start (as PyMGRIT)")
@@ -178,15 +184,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     # Validate everything here, before any worker starts: bad input never reaches a worker.
     build_solver(config)
-    if args.nproc > config.nt:
-        raise ValueError(f"--nproc {args.nproc} is more than the {config.nt} time points")
-    print(
-        f"torchpint solve {config.problem}: nt={config.nt}, levels={config.levels}, "
-        f"cf={config.cf_list()[: config.levels - 1]}, relax={config.relax}, cycle={config.cycle}, "
-        f"nested={config.nested}, tol={config.tol:g}, nproc={args.nproc}",
-        flush=True,
-    )
-    if launched_by_torchrun():
+    torchrun = launched_by_torchrun()
+    nproc = int(os.environ["WORLD_SIZE"]) if torchrun else args.nproc
+    if nproc > config.nt:
+        raise ValueError(f"{nproc} processes are more than the {config.nt} time points")
+    lead = not torchrun or os.environ.get("RANK") == "0"
+    if lead:
+        print(
+            f"torchpint solve {config.problem}: nt={config.nt}, levels={config.levels}, "
+            f"cf={config.cf_list()[: config.levels - 1]}, relax={config.relax}, cycle={config.cycle}, "
+            f"nested={config.nested}, tol={config.tol:g}, nproc={nproc}",
+            flush=True,
+        )
+    if torchrun:
         init_from_env()
         summary = solve_worker(config)
         if torch.distributed.get_rank() != 0:
@@ -203,11 +213,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from torchpint.cli.plots import plot_residuals
 
-        plot_residuals({f"MGRIT, {args.nproc} proc.": summary["residuals"]}, args.plot, title=f"{config.problem}")
+        plot_residuals({f"MGRIT, {nproc} proc.": summary["residuals"]}, args.plot, title=f"{config.problem}")
         print(f"convergence plot: {args.plot}")
     if args.json:
         summary["config"] = asdict(config)
-        summary["nproc"] = args.nproc
+        summary["nproc"] = nproc
         print(json.dumps(summary), flush=True)
     sys.stdout.flush()
     return 0

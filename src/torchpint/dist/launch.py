@@ -114,25 +114,21 @@ def run_workers(
     for proc in procs:
         proc.start()
     values: dict[int, Any] = {}
+    errors: dict[int, str] = {}
     start = time.monotonic()
     try:
         while len(values) < nproc:
             try:
                 rank, status, value = results.get(timeout=0.05)
             except queue_module.Empty:
-                for rank, proc in enumerate(procs):
-                    if proc.exitcode not in (None, 0) and rank not in values:
-                        # It may have reported its error just before exiting: read that first.
-                        time.sleep(0.2)
-                        _drain_errors(results)
-                        raise WorkerError(
-                            f"worker {rank} of {nproc} died (exit code {proc.exitcode}); stopped the others"
-                        )
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise WorkerError(_diagnose(procs, results, errors)) from None
                 if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    raise WorkerError(f"workers did not finish within {timeout_s:.0f} s; stopped them")
+                    raise WorkerError(f"workers did not finish within {timeout_s:.0f} s; stopped them") from None
                 continue
             if status == "error":
-                raise WorkerError(f"worker {rank} of {nproc} failed: {value}")
+                errors[rank] = value
+                raise WorkerError(_diagnose(procs, results, errors))
             values[rank] = value
         for proc in procs:
             proc.join(timeout=30)
@@ -147,12 +143,20 @@ def run_workers(
                 proc.kill()
 
 
-def _drain_errors(results: Any) -> None:
-    """Raise the first error message a worker managed to send, if any."""
+def _diagnose(procs: list[Any], results: Any, errors: dict[int, str]) -> str:
+    """Name the root cause: a worker that died beats the peers whose links broke because of it."""
+    time.sleep(0.3)  # let the other workers report or exit
     while True:
         try:
             rank, status, value = results.get_nowait()
         except queue_module.Empty:
-            return
+            break
         if status == "error":
-            raise WorkerError(f"worker {rank} failed: {value}")
+            errors.setdefault(rank, value)
+    nproc = len(procs)
+    for rank, proc in enumerate(procs):
+        if proc.exitcode not in (None, 0) and rank not in errors:
+            return f"worker {rank} of {nproc} died (exit code {proc.exitcode}); stopped the others"
+    rank = min(errors)
+    first_line = errors[rank].strip().splitlines()[0] if errors[rank].strip() else "unknown error"
+    return f"worker {rank} of {nproc} failed: {first_line[:500]}"

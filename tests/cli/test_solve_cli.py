@@ -1,0 +1,86 @@
+"""`torchpint solve`: output contract, plots, clear errors, worker failures."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from torchpint.cli.main import main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torchpint", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def test_json_is_the_last_line_and_plot_is_written(tmp_path: Path, capsys) -> None:
+    png = tmp_path / "conv.png"
+    code = main(["solve", "dahlquist", "--tol", "1e-10", "--json", "--plot", str(png)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    summary = json.loads(out[-1])
+    assert summary["iterations"] == len(summary["residuals"]) == 5
+    assert f"{summary['residuals'][0]:.4g}" == "7.186e-05"
+    assert summary["seconds"] > 0
+    assert any("iter   2" in line and "conv. factor" in line for line in out)
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["heat1d", "--nt", "64", "--levels", "3"], "not compatible with the coarsening"),
+        (["heat1d", "--cf", "1"], "cf must be >= 2"),
+        (["heat1d", "--levels", "12"], "more levels than the grid allows"),
+        (["heat1d", "--tol", "-1"], "tol must be"),
+        (["heat1d", "--nx", "2"], "nx must be >= 3"),
+        (["dahlquist", "--nproc", "0"], "nproc must be >= 1"),
+        (["dahlquist", "--cf", "two"], "--cf must be an integer"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(capsys, args: list[str], message: str) -> None:
+    assert main(["solve", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_nan_is_reported_with_its_iteration(capsys) -> None:
+    assert main(["solve", "heat1d", "--no-nested", "--inject-fault", "nan:300"]) == 1
+    assert "not finite" in capsys.readouterr().err
+
+
+def test_parallel_run_matches_serial_through_the_cli() -> None:
+    serial = run_cli("solve", "heat1d", "--levels", "3", "--json")
+    parallel = run_cli("solve", "heat1d", "--levels", "3", "--json", "--nproc", "2")
+    assert serial.returncode == parallel.returncode == 0, parallel.stderr
+    a, b = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (serial, parallel))
+    assert a["residuals"] == pytest.approx(b["residuals"], rel=1e-12)
+
+
+def test_dead_worker_stops_the_run_within_seconds() -> None:
+    start = time.monotonic()
+    proc = run_cli("solve", "heat1d", "--nt", "1025", "--levels", "4", "--tol", "0", "--max-iter", "50",
+                   "--nproc", "2", "--inject-fault", "exit:400:1", timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1
+    assert "worker 1 of 2 died" in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 30  # start-up of two workers included; the failure itself is seen in < 1 s
+
+
+def test_torchrun_launch() -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "torchpint", "solve", "dahlquist",
+         "--levels", "3", "--json"],
+        capture_output=True, text=True, timeout=120, env={**ENV, "TORCHPINT_BACKEND": "gloo"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["converged"] and summary["nproc"] == 2
