@@ -27,10 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_demo(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     config = SolveConfig(
-        problem="heat1d", nt=257, nx=257, levels=4, cf=[4, 4, 4][:1] * 3, relax="FCF", cycle="V",
+        problem="heat1d", nt=257, nx=257, levels=4, cf=[2], relax="FCF", cycle="V",
         nested=False, tol=1e-9, max_iter=30, verbose=True,
     )
-    config.cf = [2]
     print(f"[engine] heat equation, MGRIT over {nproc} processes: nt={config.nt}, nx={config.nx}, "
           f"{config.levels} levels, cf=2, FCF, V-cycle", flush=True)
     parallel = run_workers(solve_worker, nproc, (config,))[0]

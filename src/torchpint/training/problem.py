@@ -151,8 +151,23 @@ class TrainingTask:
             self._grad_fn = grad(self._loss)
         return self._grad_fn
 
+    def grad_one(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """The gradient for one weight vector, by plain autograd (cheaper per call than torch.func)."""
+        with torch.enable_grad():
+            leaf = w.detach().requires_grad_(True)
+            return torch.autograd.grad(self._loss(leaf, x, y), leaf)[0]
+
     def grads(self, w: Tensor, x: Tensor | None, y: Tensor | None, shared: bool) -> Tensor:
-        """Gradients of a stack of weight vectors ``w`` (S, P); data shared, or one batch per row."""
+        """Gradients of a stack of weight vectors ``w`` (S, P); data shared, or one batch per row.
+
+        One weight vector (the serial steps of a coarsest level, serial training) goes through
+        plain autograd; several through ``vmap(grad(...))`` in one call.
+        """
+        if w.shape[0] == 1:
+            if shared:
+                return self.grad_one(w[0], self.schedule.inputs, self.schedule.targets).unsqueeze(0)
+            assert x is not None and y is not None
+            return self.grad_one(w[0], x[0], y[0]).unsqueeze(0)
         if shared:
             return vmap(self.grad_fn, in_dims=(0, None, None))(w, self.schedule.inputs, self.schedule.targets)
         return vmap(self.grad_fn, in_dims=(0, 0, 0))(w, x, y)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torchpint.engine import MGRIT
 from torchpint.engine.comm import Comm, default_comm
 from torchpint.engine.grid import block_ranges, layouts
-from torchpint.engine.state import State, batch_sq_norms, expand, leaves, stack, take, tree_map
+from torchpint.engine.state import State, batch_sq_norms, expand, leaves, take, tree_map
 from torchpint.training.errors import DivergenceError, TrainingConfigError
 from torchpint.training.memory import MemoryEstimate, check_limit, estimate
 from torchpint.training.problem import COARSE_DATA, LevelProblem, Monitor, TrainingTask, level_learning_rate, state_bytes
@@ -246,15 +246,34 @@ def train_mgrit(
     task: TrainingTask,
     options: MGRITOptions | None = None,
     *,
+    nproc: int = 1,
     comm: Comm | None = None,
     callback: IterationCallback | None = None,
+    keep_trajectory: bool = True,
+    timeout_s: float | None = None,
 ) -> TrainingResult:
-    """Solve the whole training trajectory with MGRIT on this process (or this rank of a group)."""
+    """Solve the whole training trajectory with MGRIT.
+
+    On this process (``nproc=1``), on this rank of an initialised ``torch.distributed`` group
+    (``comm``, or the default group), or on ``nproc`` new supervised processes (gloo, one
+    thread each; ``task`` and ``options`` must be picklable, rank 0's result is returned).
+    Ranks own contiguous blocks of training steps.
+    """
     options = options or MGRITOptions()
     options.validate()
     n = task.steps
     if n < 2:
         raise TrainingConfigError(f"training needs at least 2 steps (N >= 2), got N={n}")
+    if nproc < 1:
+        raise TrainingConfigError(f"nproc must be >= 1, got {nproc}")
+    if nproc > n + 1:
+        raise TrainingConfigError(f"nproc={nproc} is more than the {n + 1} time points (every rank must own one)")
+    if nproc > 1 and comm is None:
+        check_limit(memory_estimate(task, options, nproc), options.max_memory)  # before spawning anything
+        from torchpint.dist import run_workers
+
+        packed = run_workers(_worker, nproc, (task, options, keep_trajectory), timeout_s=timeout_s)[0]
+        return _unpack(packed)
     comm = comm if comm is not None else default_comm()
     levels = plan_levels(n, options)
     mem = memory_estimate(task, options, comm.size)
@@ -324,7 +343,7 @@ def train_mgrit(
     return TrainingResult(
         weights=weights,
         final_state=final,
-        trajectory=result.u,
+        trajectory=result.u if keep_trajectory else None,
         t=stored_t,
         residuals=residuals,
         initial_residual=r0,
@@ -341,6 +360,46 @@ def train_mgrit(
         phase_seconds=result.phase_seconds,
         memory=mem.as_dict(),
     )
+
+
+def _worker(task: TrainingTask, options: MGRITOptions, keep_trajectory: bool) -> dict[str, Any] | None:
+    """One rank of a multi-process solve; rank 0 hands back the result."""
+    result = train_mgrit(task, options, comm=default_comm())
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return None
+    if not keep_trajectory:
+        result.trajectory = None
+    return _pack(result)
+
+
+# torch tensors sent through a multiprocessing queue travel as shared-memory handles that die
+# with the worker; results therefore cross as numpy arrays (copied by value).
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return ("__tensor__", x.detach().cpu().numpy().copy())
+    if isinstance(x, dict):
+        return {k: _to_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_numpy(v) for v in x)
+    return x
+
+
+def _from_numpy(x: Any) -> Any:
+    if isinstance(x, tuple) and len(x) == 2 and x[0] == "__tensor__":
+        return torch.from_numpy(x[1])
+    if isinstance(x, dict):
+        return {k: _from_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_from_numpy(v) for v in x)
+    return x
+
+
+def _pack(result: TrainingResult) -> dict[str, Any]:
+    return {k: _to_numpy(getattr(result, k)) for k in result.__dataclass_fields__}
+
+
+def _unpack(packed: dict[str, Any]) -> TrainingResult:
+    return TrainingResult(**{k: _from_numpy(v) for k, v in packed.items()})
 
 
 def max_difference(a: State, b: State) -> float:
@@ -363,6 +422,3 @@ __all__ = [
     "train_mgrit",
 ]
 
-
-def _stack_check(states: list[Any]) -> Any:  # pragma: no cover - helper kept for API symmetry
-    return stack(states)
