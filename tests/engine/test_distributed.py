@@ -40,6 +40,16 @@ def test_history_and_solution_independent_of_process_count(serial, nproc: int) -
             assert torch.allclose(torch.tensor(ours["u"]), torch.tensor(ref["u"]), rtol=0, atol=1e-13), config
 
 
+def test_explicit_partition_and_reversed_rank_order(serial) -> None:
+    """Uneven blocks, ranks numbered backwards (the adjoint layout): still the same answer."""
+    base = with_solution(CONFIGS)[1]
+    config = dataclasses.replace(base, partition=[(0, 10), (10, 100), (100, 129)], reverse_ranks=True)
+    results = run_workers(solve_many, 3, ([config],), timeout_s=240)
+    for (ours,) in results:
+        assert ours["residuals"] == pytest.approx(serial[1]["residuals"], rel=1e-12)
+        assert torch.allclose(torch.tensor(ours["u"]), torch.tensor(serial[1]["u"]), rtol=0, atol=1e-13)
+
+
 def test_nan_in_one_rank_stops_every_rank_with_the_iteration() -> None:
     config = dataclasses.replace(CONFIGS[0], verbose=False, fault={"kind": "nan", "after_steps": 150, "rank": 1})
     with pytest.raises(WorkerError, match=r"iteration \d+: the space-time residual is not finite"):

@@ -139,3 +139,9 @@ def test_nan_step_stops_and_names_the_iteration() -> None:
     problem = FaultyProblem(heat(), kind="nan", after_steps=300)
     with pytest.raises(NonFiniteError, match=r"iteration \d+"):
         MGRIT(problem, time_grid(0, 2, 65), levels=2, nested=False, tol=1e-12).solve()
+
+
+@pytest.mark.parametrize("partition", [[(0, 30)], [(0, 40), (40, 65)], [(0, 0), (0, 65)]])
+def test_bad_partition_is_refused(partition) -> None:
+    with pytest.raises(GridError, match="partition"):
+        MGRIT(Dahlquist(), time_grid(0, 1, 65), levels=2, partition=partition)

@@ -47,13 +47,13 @@ def engine_demo(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     lines = [
         "## 1. Engine: heat equation with MGRIT, time-parallel",
         "",
-        f"`Heat1D` (PyMGRIT's discretisation), nt={config.nt}, nx={config.nx}, 4 levels, cf=2, FCF, V-cycle, "
-        f"tol=1e-9, over {nproc} processes (torch.distributed, gloo) and over 1.",
+        (f"`Heat1D` (PyMGRIT's discretisation), nt={config.nt}, nx={config.nx}, 4 levels, cf=2, FCF, V-cycle, "
+         f"tol=1e-9, over {nproc} processes (torch.distributed, gloo) and over 1."),
         "",
         *rows,
         "",
-        f"Largest relative difference between the two histories: {worst:.2e}. "
-        f"Solve time: {parallel['seconds']:.3f} s on {nproc} processes, {serial['seconds']:.3f} s on 1.",
+        (f"Largest relative difference between the two histories: {worst:.2e}. "
+         f"Solve time: {parallel['seconds']:.3f} s on {nproc} processes, {serial['seconds']:.3f} s on 1."),
         "",
         "![residuals](engine_residuals.png)",
         "",

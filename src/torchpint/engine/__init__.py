@@ -1,6 +1,6 @@
 """The parallel-in-time engine: problems, MGRIT, parareal, serial or over torch.distributed."""
 
-from torchpint.engine.comm import Comm, DistComm, SerialComm
+from torchpint.engine.comm import Comm, DistComm, ReversedComm, SerialComm, default_comm
 from torchpint.engine.grid import GridError
 from torchpint.engine.mgrit import MGRIT, ConfigError, NonFiniteError, parse_relax, time_grid
 from torchpint.engine.parareal import Parareal
@@ -16,8 +16,10 @@ __all__ = [
     "NonFiniteError",
     "Parareal",
     "Problem",
+    "ReversedComm",
     "SerialComm",
     "SolveResult",
+    "default_comm",
     "parse_relax",
     "step_batch",
     "time_grid",

@@ -85,7 +85,9 @@ class DistComm:
         # A private copy: the caller goes on updating the trajectory while the send is in flight.
         buffer = flatten(state).to(self.device, copy=True).contiguous()
         self._in_flight.append(buffer)
-        self._pending.append(dist.isend(buffer, self._global(dst), group=self.group))
+        work = dist.isend(buffer, self._global(dst), group=self.group)
+        if work is not None:
+            self._pending.append(work)
 
     def recv(self, template: State, src: int) -> State:
         flat = flatten(template)
@@ -115,6 +117,38 @@ class DistComm:
         chunks = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(chunks, padded, group=self.group)
         return [c[: int(s)].to(local.device) for c, s in zip(chunks, sizes)]
+
+
+class ReversedComm:
+    """The same ranks numbered backwards (rank ``r`` is ``size - 1 - r`` of ``inner``).
+
+    An adjoint (backward-in-time) solve runs its "time" from the last layer to the first; with
+    the ranks numbered backwards each rank keeps the points it owned in the forward solve and
+    the halo still flows forward in the solve's own time.
+    """
+
+    def __init__(self, inner: Comm) -> None:
+        self.inner = inner
+        self.size = inner.size
+        self.rank = inner.size - 1 - inner.rank
+
+    def _map(self, rank: int) -> int:
+        return self.size - 1 - rank
+
+    def send(self, state: State, dst: int) -> None:
+        self.inner.send(state, self._map(dst))
+
+    def recv(self, template: State, src: int) -> State:
+        return self.inner.recv(template, self._map(src))
+
+    def wait_sends(self) -> None:
+        self.inner.wait_sends()
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return self.inner.sum(value)
+
+    def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
+        return list(reversed(self.inner.all_gather_sizes(local)))
 
 
 def default_comm() -> Comm:

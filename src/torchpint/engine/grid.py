@@ -132,13 +132,42 @@ class Layout:
         return torch.arange(first, self.hi, self.m)
 
 
-def layouts(grids: list[torch.Tensor], cf: list[int], rank: int, size: int) -> list[Layout]:
-    """The per-rank layout of every level: blocks on the finest, inherited on coarse ones."""
+def check_partition(partition: list[tuple[int, int]], n: int, size: int) -> None:
+    """A partition must give every rank a non-empty contiguous block, in rank order, covering 0..n-1."""
+    if len(partition) != size:
+        raise GridError(f"the partition has {len(partition)} blocks for {size} processes")
+    expected_lo = 0
+    for rank, (lo, hi) in enumerate(partition):
+        if lo != expected_lo or hi <= lo:
+            raise GridError(
+                f"partition block {rank} is [{lo}, {hi}): blocks must be non-empty, contiguous and in rank order"
+            )
+        expected_lo = hi
+    if expected_lo != n:
+        raise GridError(f"the partition covers {expected_lo} points, the grid has {n}")
+
+
+def layouts(
+    grids: list[torch.Tensor],
+    cf: list[int],
+    rank: int,
+    size: int,
+    partition: list[tuple[int, int]] | None = None,
+) -> list[Layout]:
+    """The per-rank layout of every level: blocks on the finest, inherited on coarse ones.
+
+    ``partition`` gives each rank's block ``[lo, hi)`` of the finest level explicitly (e.g. to
+    keep the owner of a layer the same in a forward and an adjoint solve); default: balanced.
+    """
     if size > grids[0].numel():
         raise GridError(
             f"more processes ({size}) than time points ({grids[0].numel()}): every rank must own a point"
         )
-    ranges = block_ranges(grids[0].numel(), size)
+    if partition is None:
+        ranges = block_ranges(grids[0].numel(), size)
+    else:
+        check_partition(partition, grids[0].numel(), size)
+        ranges = list(partition)
     out: list[Layout] = []
     for lvl, t in enumerate(grids):
         m = cf[lvl] if lvl < len(grids) - 1 else None

@@ -15,7 +15,7 @@ import torch
 from torchpint.engine.comm import Comm
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch
-from torchpint.engine.state import State, add, stack, take, tree_map
+from torchpint.engine.state import State, add, take, tree_map
 from torchpint.engine.timing import PhaseTimer
 
 
@@ -99,7 +99,3 @@ def cat_points(first: State | None, rest: State) -> State:
     if first is None:
         return rest
     return tree_map(lambda a, b: torch.cat([a.unsqueeze(0), b]), first, rest)
-
-
-def stack_one(state: State) -> State:
-    return stack([state])

@@ -114,6 +114,7 @@ class MGRIT:
         gather: give every rank the whole solution (else only its own block).
         callback: called on every rank after each iteration with
             ``(iteration, residual, convergence factor or None)``.
+        partition: each rank's block ``[lo, hi)`` of the finest grid (default: balanced blocks).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class MGRIT:
         store: str = "all",
         gather: bool = True,
         callback: IterationCallback | None = None,
+        partition: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         t = torch.as_tensor(t, dtype=torch.float64)
         cfs = [cf] * max(levels - 1, 0) if isinstance(cf, int) else list(cf)
@@ -171,7 +173,9 @@ class MGRIT:
         self.store = store
         self.gather = gather
         self.callback = callback
-        self.layouts = layouts(self.grids, self.cf, self.comm.rank, self.comm.size)
+        self.layouts = layouts(
+            self.grids, self.cf, self.comm.rank, self.comm.size, list(partition) if partition is not None else None
+        )
 
     @property
     def num_levels(self) -> int:

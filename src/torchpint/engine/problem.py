@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from torchpint.engine.state import State, stack, take, length
+from torchpint.engine.state import State, length, stack, take
 
 
 @runtime_checkable

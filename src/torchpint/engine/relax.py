@@ -29,7 +29,7 @@ def f_relax(level: Level) -> None:
         return
     fc = _first_local_c(level)
     leading = min(fc, n)  # F-points before the first local C-point: their interval began earlier
-    needs = lambda boundary: boundary % m != 0  # the next rank starts inside an interval  # noqa: E731
+    needs = lambda boundary: boundary % m != 0  # the next rank starts inside an interval
 
     with level.timer.phase("f_relax"):
         if fc < n:
@@ -47,13 +47,9 @@ def f_relax(level: Level) -> None:
             assert before is not None
             for i in range(leading):
                 src = before if i == 0 else take(u, i - 1)
-                put(u, i, take(level.phi_plus_g(_one(src), lo + i - 1, 1), 0))
+                put(u, i, take(level.phi_plus_g(stack([src]), lo + i - 1, 1), 0))
             if fc >= n:
                 level.send_last(u, needs)
-
-
-def _one(state: State) -> State:
-    return stack([state])
 
 
 def point_images(
@@ -67,7 +63,7 @@ def point_images(
     layout = level.layout
     n, lo = layout.n_local, layout.lo
     m = 1 if every_point or layout.m is None else layout.m
-    needs = lambda boundary: boundary % m == 0  # the next rank starts at a target  # noqa: E731
+    needs = lambda boundary: boundary % m == 0  # the next rank starts at a target
     halo = level.halo(values, needs) if n > 0 else None
     if n == 0:
         return None
@@ -116,12 +112,13 @@ def sequential_solve(level: Level) -> None:
     n, lo = layout.n_local, layout.lo
     if n == 0:
         return
-    always = lambda boundary: True  # noqa: E731
+    always = lambda boundary: True
     with level.timer.phase("coarse_solve"):
         before = level.recv_halo(always)
         for i in range(n):
             if lo + i == 0:
                 continue
             src = before if i == 0 else take(u, i - 1)
-            put(u, i, take(level.phi_plus_g(_one(src), lo + i - 1, 1), 0))
+            assert src is not None  # the previous rank's last point (received above)
+            put(u, i, take(level.phi_plus_g(stack([src]), lo + i - 1, 1), 0))
         level.send_last(u, always)

@@ -10,21 +10,22 @@ step many independent states in one call (``step_batch``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias, Union
+from typing import Any, TypeAlias
 
 import torch
 
-State: TypeAlias = Union[torch.Tensor, Mapping[str, Any], Sequence[Any]]
+State: TypeAlias = torch.Tensor | Mapping[str, Any] | Sequence[Any]
 
 
 def tree_map(fn: Callable[..., torch.Tensor], first: State, *rest: State) -> State:
     """Apply ``fn`` leaf by leaf to states of the same structure."""
     if isinstance(first, torch.Tensor):
         return fn(first, *rest)
+    others: tuple[Any, ...] = rest  # same structure as ``first`` (not checked, for speed)
     if isinstance(first, Mapping):
-        return {k: tree_map(fn, first[k], *(r[k] for r in rest)) for k in first}
+        return {k: tree_map(fn, first[k], *(r[k] for r in others)) for k in first}
     if isinstance(first, (tuple, list)):
-        items = [tree_map(fn, x, *(r[i] for r in rest)) for i, x in enumerate(first)]
+        items = [tree_map(fn, x, *(r[i] for r in others)) for i, x in enumerate(first)]
         return type(first)(items) if isinstance(first, tuple) else items
     raise TypeError(
         f"a state must be a torch.Tensor or a dict/tuple/list of tensors, got {type(first).__name__}"
