@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("torchpint.cli.demo", "run the main demonstration and write a report"),
     "paranet": ("torchpint.cli.paranet", "parareal neural networks: train, info"),
     "mgrit-train": ("torchpint.cli.mgrit_train", "training parallel across steps with MGRIT"),
+    "layer-parallel": ("torchpint.cli.layer_parallel", "layer-parallel ResNets: MGRIT across layers"),
 }
 
 
