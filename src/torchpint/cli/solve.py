@@ -203,8 +203,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if torchrun:
         init_from_env()
-        summary = solve_worker(config)
-        if torch.distributed.get_rank() != 0:
+        try:
+            summary = solve_worker(config)
+        finally:
+            torch.distributed.destroy_process_group()
+        if not lead:
             return 0
     elif args.nproc > 1:
         summary = run_workers(solve_worker, args.nproc, (config,))[0]

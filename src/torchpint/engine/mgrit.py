@@ -269,6 +269,8 @@ class MGRIT:
             self._cycle(levels, 0, self.cycle, first_f=iteration == 1)
             with timer.phase("residual"):
                 norm = self._residual_norm(levels[0])
+            # Every message of this iteration has been received by now: release the send handles.
+            self.comm.wait_sends()
             if not math.isfinite(norm):
                 raise NonFiniteError(iteration)
             residuals.append(norm)
