@@ -8,6 +8,7 @@ Later parts add the neural-network capabilities.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import time
@@ -18,6 +19,13 @@ from typing import Any
 from torchpint.cli.plots import plot_residuals
 from torchpint.cli.solve import SolveConfig, solve_worker
 from torchpint.dist import run_workers
+
+
+SECTIONS = [
+    ("paranet", "torchpint.cli.paranet"),
+    ("mgrit-train", "torchpint.cli.mgrit_train"),
+    ("layer-parallel", "torchpint.cli.layer_parallel"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +79,17 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     lines, results["engine"] = engine_demo(out, args.nproc)
     report += lines
+    # The neural-network capabilities, each contributing a section on the embedded digits data.
+    for key, module in SECTIONS:
+        try:
+            section = importlib.import_module(module).demo_section
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+            continue
+        print(f"\n[{key}]", flush=True)
+        lines, results[key] = section(out)
+        report += lines
     report.append(f"Total demo time: {time.perf_counter() - start:.1f} s.")
     (out / "report.md").write_text("\n".join(report) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
