@@ -20,7 +20,6 @@ from torchpint.cli.plots import plot_residuals
 from torchpint.cli.solve import SolveConfig, solve_worker
 from torchpint.dist import run_workers
 
-
 SECTIONS = [
     ("paranet", "torchpint.cli.paranet"),
     ("mgrit-train", "torchpint.cli.mgrit_train"),
