@@ -1,0 +1,170 @@
+"""Check a layer-parallel network against its serial equivalent (used by the tests and the demo).
+
+``parallel_gradients(cases)`` runs on every rank (e.g. spawned by
+:func:`torchpint.dist.run_workers`): it builds each small network, runs one forward and one
+backward pass layer-parallel and returns the output, the input gradient (rank 0) and the
+gradient of every parameter this rank owns, by name.  ``serial_gradients(case)`` computes the
+same with plain autograd on ``to_sequential()`` in one process; ``max_relative_difference``
+compares them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchpint.layerpar.network import LayerParallel, NonFiniteActivationError
+
+
+@dataclass
+class CheckCase:
+    layers: int = 8
+    levels: int = 2
+    cf: int = 2
+    relax: str = "FCF"
+    cycle: str = "V"
+    nested: bool = True
+    tol: float = 1e-13
+    max_iter: int = 60
+    arch: str = "mlp"  # "mlp" (Linear + tanh) or "conv" (3x3 conv + tanh)
+    width: int = 5
+    batch: int = 4
+    T: float = 1.0
+    seed: int = 0
+
+
+def build_network(case: CheckCase, comm: Any = None) -> LayerParallel:
+    """A small float64 network, the same on every rank for a given seed."""
+    torch.manual_seed(case.seed)
+    w = case.width
+    if case.arch == "mlp":
+        factory = lambda: nn.Sequential(nn.Linear(w, w), nn.Tanh())
+        opening: nn.Module = nn.Linear(3, w)
+        closing: nn.Module = nn.Linear(w, 2)
+    elif case.arch == "conv":
+        factory = lambda: nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.Tanh())
+        opening = nn.Conv2d(1, w, 3, padding=1)
+        closing = nn.Sequential(nn.Flatten(), nn.Linear(w * 16, 2))
+    else:
+        raise ValueError(f"unknown arch {case.arch!r}")
+    net = LayerParallel(
+        factory, case.layers, case.T, opening=opening, closing=closing, levels=case.levels, cf=case.cf,
+        relax=case.relax, cycle=case.cycle, nested=case.nested, fwd_tol=case.tol, bwd_tol=case.tol,
+        fwd_max_iter=case.max_iter, bwd_max_iter=case.max_iter, comm=comm,
+    )
+    return net.double()
+
+
+def check_data(case: CheckCase) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(case.seed + 1)
+    shape = (case.batch, 3) if case.arch == "mlp" else (case.batch, 1, 4, 4)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    y = torch.randn(case.batch, 2, generator=gen, dtype=torch.float64)
+    return x, y
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out - y) ** 2).sum() + out.sin().sum()
+
+
+def serial_gradients(case: CheckCase) -> dict[str, Any]:
+    """Output, input gradient and every parameter gradient of the serial network (autograd)."""
+    net = build_network(case)
+    seq = net.to_sequential()
+    x, y = check_data(case)
+    x.requires_grad_(True)
+    out = seq(x)
+    _loss(out, y).backward()
+    assert x.grad is not None
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return {"out": out.detach(), "x_grad": x.grad.clone(), "grads": grads}
+
+
+def parallel_gradients(cases: list[CheckCase]) -> list[dict[str, Any]]:
+    """The same, layer-parallel on this rank (call on every rank); only owned gradients are returned."""
+    results = []
+    for case in cases:
+        net = build_network(case)
+        x, y = check_data(case)
+        x.requires_grad_(True)
+        out = net(x if net.rank == 0 else None)
+        _loss(out, y).backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        owned = {id(p) for p in net.local_parameters()}
+        foreign = [n for n, p in net.named_parameters() if p.grad is not None and id(p) not in owned]
+        # numpy, not tensors: results cross process boundaries (torch would share file descriptors)
+        results.append({
+            "case": asdict(case),
+            "rank": net.rank,
+            "owned_layers": list(net.owned_layers),
+            "out": out.detach().numpy(),
+            "x_grad": x.grad.numpy() if (net.rank == 0 and x.grad is not None) else None,
+            "grads": {n: g.numpy() for n, g in grads.items()},
+            "foreign_grads": foreign,
+            "stats": net.last_stats,
+        })
+    return results
+
+
+def nonfinite_errors(cases: list[tuple[CheckCase, str, int]]) -> list[dict[str, Any]]:
+    """Provoke NaN on purpose: ``(case, "layer", k)`` poisons layer ``k``'s weights, ``(case, "loss", 0)``
+    the loss, ``(case, "input", 0)`` the input.  Returns each rank's error message and layer."""
+    out = []
+    for case, what, k in cases:
+        net = build_network(case)
+        x, y = check_data(case)
+        if what == "layer":
+            with torch.no_grad():
+                next(net.layers[k].parameters()).fill_(float("nan"))
+        elif what == "input":
+            x[0, 0] = float("inf")
+        try:
+            loss = _loss(net(x if net.rank == 0 else None), y)
+            if what == "loss":
+                loss = loss * float("nan")
+            loss.backward()
+        except NonFiniteActivationError as error:
+            out.append({"message": str(error), "layer": error.layer, "phase": error.phase})
+        else:
+            out.append({"message": None, "layer": None, "phase": None})
+    return out
+
+
+def check_worker(cases: list[CheckCase], poisoned: list[tuple[CheckCase, str, int]]) -> dict[str, Any]:
+    """Gradient checks and provoked non-finite errors, in one process group (one start-up)."""
+    return {"grads": parallel_gradients(cases), "errors": nonfinite_errors(poisoned)}
+
+
+def max_relative_difference(a: Any, b: torch.Tensor) -> float:
+    """``max |a - b| / max |b|`` (the error relative to the tensor's scale)."""
+    a = torch.as_tensor(a)
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float((a - b).abs().max()) / max(scale, 1e-300) if a.numel() else 0.0
+
+
+def compare(parallel_ranks: list[list[dict[str, Any]]], serial: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per case: the worst relative differences over ranks, and which gradients were covered."""
+    out = []
+    for c, ref in enumerate(serial):
+        merged: dict[str, torch.Tensor] = {}
+        out_diff = 0.0
+        x_diff = None
+        foreign: list[str] = []
+        for rank_results in parallel_ranks:
+            res = rank_results[c]
+            out_diff = max(out_diff, max_relative_difference(res["out"], ref["out"]))
+            if res["x_grad"] is not None:
+                x_diff = max_relative_difference(res["x_grad"], ref["x_grad"])
+            for name, g in res["grads"].items():
+                if name in merged:
+                    raise AssertionError(f"gradient of {name} on two ranks")
+                merged[name] = g
+            foreign += res["foreign_grads"]
+        missing = sorted(set(ref["grads"]) - set(merged))
+        grad_diff = max(max_relative_difference(merged[n], ref["grads"][n]) for n in merged)
+        out.append({"out": out_diff, "x_grad": x_diff, "grads": grad_diff, "missing": missing, "foreign": foreign,
+                    "count": len(merged)})
+    return out

@@ -1,0 +1,110 @@
+"""Who owns which layer, and which layers a rank must borrow, in a layer-parallel network.
+
+The network ``x_{k+1} = x_k + h f_k(x_k)``, ``k = 0..L-1``, is a chain on the points
+``0..L``.  Rank ``r`` owns a contiguous block ``[lo_r, hi_r)`` of points and the layers whose
+*input* point it owns (layer ``k`` for ``lo_r <= k < min(hi_r, L)``): the balanced blocks
+of the ``L`` layers, the last rank also owning the output point ``L``.  Every rank owns at
+least one layer.
+
+MGRIT computes a point on the rank that owns it, from the point before it:
+
+* forward, level ``l`` (stride ``M_l = cf^l`` fine points): the step into the coarse point
+  at fine index ``J`` uses the layer of the previous coarse point, ``J - M_l``, with the step
+  ``M_l h``.  For every point but the first one a rank owns on a level that layer is its own;
+  for the first it belongs to an earlier rank.  Those (at most one per level: ``lo - 1`` on
+  the finest) are the *replicas* a rank copies from their owners before every forward solve.
+* adjoint (reversed time ``s = L - k``, ranks numbered backwards, the mirrored partition):
+  the step into adjoint point ``s`` is the transposed step of layer ``L - s`` at the forward
+  state ``x_{L-s}``: both belong to the rank that owns ``s``.  No replica is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torchpint.engine.mgrit import ConfigError
+
+
+def _product(values: list[int]) -> int:
+    return math.prod(values) if values else 1
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """The layer/point ownership of a layer-parallel network over ``size`` ranks."""
+
+    layers: int
+    size: int
+    cf: tuple[int, ...]  # one coarsening factor per coarse level (len = levels - 1)
+    ranges: tuple[tuple[int, int], ...]  # forward points [lo, hi) of every rank, in rank order
+
+    @property
+    def levels(self) -> int:
+        return len(self.cf) + 1
+
+    def strides(self) -> list[int]:
+        """Fine points between neighbouring points of every level (1 on the finest)."""
+        out = [1]
+        for m in self.cf:
+            out.append(out[-1] * m)
+        return out
+
+    def owner(self, point: int) -> int:
+        """The rank owning a point (and the layer whose input it is)."""
+        for rank, (lo, hi) in enumerate(self.ranges):
+            if lo <= point < hi:
+                return rank
+        raise IndexError(f"point {point} is outside 0..{self.layers}")
+
+    def owned_layers(self, rank: int) -> range:
+        lo, hi = self.ranges[rank]
+        return range(lo, min(hi, self.layers))
+
+    def replicas(self, rank: int) -> list[int]:
+        """Layers owned elsewhere that the forward solve on ``rank`` steps with."""
+        lo, hi = self.ranges[rank]
+        need: set[int] = set()
+        for stride in self.strides():
+            first = -(-lo // stride) * stride  # the rank's first point on this level
+            if first < hi and first > 0:
+                need.add(first - stride)
+        return sorted(k for k in need if not lo <= k < hi)
+
+    def adjoint_partition(self) -> list[tuple[int, int]]:
+        """The adjoint solve's blocks in its own (reversed) rank order: rank ``r`` keeps its points."""
+        n = self.layers + 1
+        return [(n - hi, n - lo) for lo, hi in reversed(self.ranges)]
+
+
+def plan_layout(layers: int, levels: int, cf: int | list[int], size: int) -> LayerLayout:
+    """Validate the sizes and lay the layers out over ``size`` ranks (balanced blocks)."""
+    if not isinstance(layers, int) or layers < 1:
+        raise ConfigError(f"layers must be a positive integer, got {layers!r}")
+    if levels < 1:
+        raise ConfigError(f"levels must be >= 1, got {levels}")
+    cfs = [cf] * (levels - 1) if isinstance(cf, int) else list(cf)[: levels - 1]
+    if len(cfs) < levels - 1:
+        raise ConfigError(f"{levels} levels need {levels - 1} coarsening factors, got {len(cfs)}")
+    for m in cfs:
+        if m < 2:
+            raise ConfigError(f"the coarsening factor cf must be >= 2, got {m}")
+    stride = _product(cfs)
+    if layers % stride != 0:
+        product = " * ".join(str(m) for m in cfs)
+        raise ConfigError(
+            f"layers={layers} is not divisible as the coarsening needs: {levels} levels with cf={cfs} "
+            f"coarsen by {product} = {stride}, so the number of layers must be a multiple of {stride} "
+            f"(e.g. {max(stride, layers // stride * stride)} or {(layers // stride + 1) * stride}); "
+            f"or use fewer levels or a smaller cf"
+        )
+    if size < 1:
+        raise ConfigError(f"the number of processes must be >= 1, got {size}")
+    if size > layers:
+        raise ConfigError(
+            f"more processes ({size}) than layers ({layers}): every process must own at least one layer"
+        )
+    blocks = [(r * layers // size, (r + 1) * layers // size) for r in range(size)]
+    lo, _ = blocks[-1]
+    blocks[-1] = (lo, layers + 1)  # the last rank also owns the output point
+    return LayerLayout(layers=layers, size=size, cf=tuple(cfs), ranges=tuple(blocks))

@@ -1,0 +1,57 @@
+"""``torchpint layer-parallel train``: outputs, the serial comparison, distributed training, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from torchpint.cli.main import main
+
+TINY = ["layer-parallel", "train", "--layers", "8", "--levels", "2", "--cf", "2", "--epochs", "1", "--width", "2",
+        "--batch", "256", "--no-progress", "--json"]
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_train_writes_metrics_plot_model_and_matches_serial(capsys, tmp_path, nproc) -> None:
+    assert main([*TINY, "--nproc", str(nproc), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "layer-parallel: test accuracy" in out and "serial:         test accuracy" in out
+    summary = last_json(out)
+    assert summary["nproc"] == nproc
+    # Trained to the MGRIT tolerance, the layer-parallel network follows serial training.
+    assert summary["max_parameter_difference"] < 1e-7
+    assert summary["test_accuracy_layer_parallel"] == summary["test_accuracy_serial"] > 0.3
+    assert summary["forward_iterations_mean"] >= 1 and summary["backward_iterations_mean"] >= 1
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["batch_losses_layer_parallel"]) == len(metrics["batch_losses_serial"]) == 6
+    assert (tmp_path / "training.png").stat().st_size > 0 and (tmp_path / "model.pt").stat().st_size > 0
+
+
+def test_mlp_without_serial(capsys, tmp_path) -> None:
+    args = [*TINY, "--arch", "mlp", "--width", "8", "--levels", "1", "--no-serial", "--out", str(tmp_path)]
+    assert main(args) == 0
+    summary = last_json(capsys.readouterr().out)
+    assert "test_accuracy_serial" not in summary and summary["forward_iterations_mean"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layers", "30", "--levels", "3", "--cf", "4"], "layers=30 is not divisible as the coarsening needs"),
+        (["--layers", "4", "--levels", "1", "--nproc", "5"], r"more processes (5) than layers (4)"),
+        (["--nproc", "0"], "--nproc must be >= 1"),
+        (["--lr", "0"], "lr must be > 0"),
+        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--relax", "CF"], "unknown relaxation"),
+        (["--dataset", "nope"], "unknown data set 'nope'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(capsys, tmp_path, args, message) -> None:
+    assert main(["layer-parallel", "train", "--no-progress", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
