@@ -95,6 +95,9 @@ CONFIGS = [
     dahlquist("i_tol1e-10", 101, 2, 2, tol=1e-10),
     dahlquist("j", 257, 4, 2, tol=1e-10, relax="FCF", cycle="F", nested=True),
     heat("k", 2049, 1025, 5, 4, "FCF", "V", False, tol=1e-9, max_iter=100),
+    # partial last C-interval: 66 intervals, cf 4 -> 17 coarse points, the last 2 fine points are F-points
+    heat("l_partial", 33, 67, 3, 4, "FCF", "V", False),
+    heat("m_partial", 33, 70, 3, 2, "FCF", "F", True),
 ]
 BY_NAME = {c["name"]: c for c in CONFIGS}
 

@@ -22,6 +22,7 @@ def config_for(record: dict) -> SolveConfig:
         problem=record["problem"], nt=o["nt"], t_start=o["t_start"], t_stop=o["t_stop"],
         levels=o["levels"], cf=cf, relax=o["relax"], weight_c=o["weight_c"], cycle=o["cycle_type"],
         nested=o["nested_iteration"], tol=o["tol"], max_iter=o["max_iter"], verbose=False,
+        allow_partial=record["name"].endswith("_partial"),
     )
     if record["problem"] == "heat1d":
         config.nx, config.x_start, config.x_end, config.a = o["nx"], o["x_start"], o["x_end"], o["a"]

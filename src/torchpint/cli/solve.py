@@ -43,6 +43,7 @@ class SolveConfig:
     tol: float = 1e-7
     rtol: float = 0.0
     max_iter: int = 100
+    allow_partial: bool = False
     # problem parameters
     nx: int = 65
     x_start: float = 0.0
@@ -91,6 +92,7 @@ def build_solver(config: SolveConfig, callback: Any = None) -> MGRIT:
         max_iter=config.max_iter,
         callback=callback,
         partition=config.partition,
+        allow_partial=config.allow_partial,
         comm=ReversedComm(default_comm()) if config.reverse_ranks else None,
     )
 
@@ -132,6 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, default=1e-7, help="absolute tolerance")
     parser.add_argument("--rtol", type=float, default=0.0, help="tolerance relative to iteration 1")
     parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="accept nt whose last C-interval is partial (as PyMGRIT)")
     parser.add_argument("--nproc", type=int, default=1, help="time-parallel processes")
     parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
     parser.add_argument("--x-start", type=float, default=0.0)
@@ -171,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
         tol=args.tol,
         rtol=args.rtol,
         max_iter=args.max_iter,
+        allow_partial=args.allow_partial,
         nx=args.nx,
         x_start=args.x_start,
         x_end=args.x_end,

@@ -1,9 +1,10 @@
 """Time grids of the MGRIT hierarchy and which rank owns which points.
 
 Level ``l+1`` consists of the C-points of level ``l``: every ``m_l``-th point, starting with
-the first.  We require ``(n_l - 1) % m_l == 0`` so that the last point of every level is a
-C-point and every C-interval is full; a grid that does not fit is refused with a message
-that says which level breaks and which sizes would work.
+the first.  By default we require ``(n_l - 1) % m_l == 0`` so that the last point of every
+level is a C-point and every C-interval is full; a grid that does not fit is refused with a
+message that says which level breaks and which sizes would work.  ``allow_partial=True``
+accepts a last interval that ends in F-points instead (PyMGRIT's behaviour).
 
 Ownership: rank ``r`` owns a contiguous block of the finest level; on a coarse level it owns
 the coarse points whose fine counterparts it owns.  Injection and the coarse-grid correction
@@ -23,8 +24,12 @@ class GridError(ValueError):
     """A time grid that the requested coarsening cannot use."""
 
 
-def coarsen(t: torch.Tensor, cf: list[int], levels: int) -> list[torch.Tensor]:
-    """The time points of every level, finest first; validates the coarsening."""
+def coarsen(t: torch.Tensor, cf: list[int], levels: int, allow_partial: bool = False) -> list[torch.Tensor]:
+    """The time points of every level, finest first; validates the coarsening.
+
+    With ``allow_partial`` a level may end with F-points (a partial last C-interval, as PyMGRIT
+    and XBraid allow): those points are relaxed but, not being C-points, not in the residual.
+    """
     if levels < 1:
         raise GridError(f"levels must be >= 1, got {levels}")
     if t.dim() != 1 or t.numel() < 2:
@@ -44,10 +49,11 @@ def coarsen(t: torch.Tensor, cf: list[int], levels: int) -> list[torch.Tensor]:
                 f"more levels than the grid allows: level {lvl} has {n} points, too few to "
                 f"coarsen by cf={m} (at most {max_levels(t.numel(), cf)} levels fit nt={t.numel()})"
             )
-        if (n - 1) % m != 0:
+        if (n - 1) % m != 0 and not allow_partial:
             raise GridError(
                 f"nt={t.numel()} is not compatible with the coarsening: level {lvl} has {n} points "
-                f"and {n - 1} intervals, not divisible by cf={m}; use nt = k*{_product(cf[: levels - 1])} + 1"
+                f"and {n - 1} intervals, not divisible by cf={m}; use nt = k*{_product(cf[: levels - 1])} + 1 "
+                f"(or allow a partial last interval)"
             )
         grids.append(grids[-1][::m].clone())
     return grids

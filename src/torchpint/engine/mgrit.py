@@ -115,6 +115,8 @@ class MGRIT:
         callback: called on every rank after each iteration with
             ``(iteration, residual, convergence factor or None)``.
         partition: each rank's block ``[lo, hi)`` of the finest grid (default: balanced blocks).
+        allow_partial: accept levels whose last C-interval is partial (``nt - 1`` not divisible
+            by the coarsening); by default such a grid is refused.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class MGRIT:
         gather: bool = True,
         callback: IterationCallback | None = None,
         partition: Sequence[tuple[int, int]] | None = None,
+        allow_partial: bool = False,
     ) -> None:
         t = torch.as_tensor(t, dtype=torch.float64)
         cfs = [cf] * max(levels - 1, 0) if isinstance(cf, int) else list(cf)
@@ -154,7 +157,7 @@ class MGRIT:
         for lvl, m in enumerate(cfs[: max(levels - 1, 0)]):
             if m < 2:
                 raise ConfigError(f"cf must be >= 2, got cf={m} for level {lvl}")
-        self.grids = coarsen(t, cfs, levels)
+        self.grids = coarsen(t, cfs, levels, allow_partial)
         if isinstance(problem, Sequence):
             if len(problem) != levels:
                 raise ConfigError(f"got {len(problem)} problems for {levels} levels")
