@@ -85,6 +85,25 @@ class SGD:
         step = g + self.momentum * buf if self.nesterov else buf
         return {"w": w - lr * step, "buf": buf}
 
+    def apply_frozen(self, state: Any, grad: Tensor, lr: float, k: int, first: Tensor) -> Any:
+        """``k`` updates with the loss gradient frozen at ``grad`` (a coarse step standing for ``k`` fine ones).
+
+        Plain SGD: ``w - k lr g``; heavy-ball momentum without dampening / Nesterov / weight decay:
+        the closed form of ``k`` steps of ``b <- mu b + g, w <- w - lr b``; otherwise a loop.
+        """
+        if self.weight_decay == 0 and not self.nesterov:
+            w = self.weights(state)
+            if not self.stateful:
+                return w - (k * lr) * grad
+            if self.dampening == 0:
+                mu = self.momentum
+                geo = (1.0 - mu**k) / (1.0 - mu)  # sum_{j=0}^{k-1} mu^j
+                b = state["buf"]
+                new_b = mu**k * b + geo * grad
+                w_new = w - lr * (mu * geo * b + (k - mu * geo) / (1.0 - mu) * grad)
+                return {"w": w_new, "buf": new_b}
+        return _frozen_loop(self, state, grad, lr, k, first)
+
     def to_torch(self, params: Any, lr: float | None = None) -> torch.optim.Optimizer:
         return torch.optim.SGD(
             params,
@@ -150,9 +169,15 @@ class Adam:
         v = b2 * state["v"] + (1.0 - b2) * g * g
         bc1 = 1.0 - torch.pow(torch.full_like(step, b1), step)
         bc2 = 1.0 - torch.pow(torch.full_like(step, b2), step)
-        denom = v.sqrt() / bc2.sqrt() + self.eps
+        # v >= 0 on every real trajectory; FAS coarse-level iterates need not be, and sqrt must
+        # not turn them into NaN (the clamp never changes a trajectory torch.optim could produce).
+        denom = v.clamp(min=0).sqrt() / bc2.sqrt() + self.eps
         w = w - (lr / bc1) * (m / denom)
         return {"w": w, "m": m, "v": v, "step": step}
+
+    def apply_frozen(self, state: Any, grad: Tensor, lr: float, k: int, first: Tensor) -> Any:
+        """``k`` Adam updates with the loss gradient frozen at ``grad`` (a loop of elementwise updates)."""
+        return _frozen_loop(self, state, grad, lr, k, first)
 
     def to_torch(self, params: Any, lr: float | None = None) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.decoupled else torch.optim.Adam
@@ -160,6 +185,13 @@ class Adam:
 
 
 UpdateRule = Union[SGD, Adam]
+
+
+def _frozen_loop(rule: Any, state: Any, grad: Tensor, lr: float, k: int, first: Tensor) -> Any:
+    out = state
+    for j in range(k):
+        out = rule.apply(out, grad, lr, 1, first if j == 0 else torch.zeros_like(first))
+    return out
 
 
 def from_torch(optimizer: torch.optim.Optimizer) -> UpdateRule:

@@ -20,10 +20,22 @@ Coarse levels (``l >= 1``) take one step of the same update with the learning ra
 
 * ``"same"``: the batch of the fine step the coarse step starts at (for a full-batch
   schedule, the whole set; the paper's Solver 1 and naive solver);
-* ``"serialized"``: batch ``i mod K`` with ``i`` the level-local index (the paper's Solver 2);
+* ``"serialized"``: batch ``(i + offset) mod K`` with ``i`` the level-local index of the point
+  the step starts from (the paper's Solver 2; ``offset = 1`` indexes a step by the point it
+  produces, see :meth:`BatchSchedule.serialized`);
 * ``"union"``: the union of the batches of the ``m**l`` fine steps it stands for (``m**l``
   times the gradient work per coarse step; still one batched call);
 * ``"full"``: the whole training set.
+
+and, with ``coarse_update``:
+
+* ``"scaled"`` (the paper): one update with the level's learning rate;
+* ``"frozen"``: the ``m**l`` fine updates the coarse step stands for, with the fine learning
+  rate and the loss gradient frozen at the coarse step's start (one gradient, as ``"scaled"``;
+  closed form for SGD and heavy-ball momentum, an elementwise loop for Adam).  For plain SGD it
+  is ``alpha_l = 2**l alpha_b`` without a cap; for momentum and Adam it carries the optimizer
+  state across the coarse step as ``m**l`` fine steps would (``lr_max`` caps the number of
+  frozen steps at ``lr_max / lr``).
 """
 
 from __future__ import annotations
@@ -38,19 +50,20 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from torchpint.engine.state import leaves, stack, take
+from torchpint.engine.state import leaves, stack, take, tree_map
 from torchpint.training.errors import NonFiniteWeightsError, TrainingConfigError
 from torchpint.training.optim import UpdateRule
 from torchpint.training.schedule import BatchSchedule
 
 COARSE_DATA = ("same", "serialized", "union", "full")
+COARSE_UPDATES = ("scaled", "frozen")
 
 
 @dataclass
 class Monitor:
     """Shared by the level problems of one solve: the current iteration, and every batched call."""
 
-    iteration: int = 0
+    iteration: int = -1  # -1: not in a solve (serial training), 0: the initial residual, k: iteration k
     calls: dict[int, list[int]] = field(default_factory=dict)  # level -> batch size of every call
     record: bool = True
 
@@ -212,6 +225,8 @@ class LevelProblem:
         monitor: Monitor | None = None,
         check_finite: bool = True,
         chunk: int | None = None,
+        coarse_update: str = "scaled",
+        frozen_cap: int | None = None,
     ) -> None:
         if data not in COARSE_DATA:
             raise TrainingConfigError(f"coarse data must be one of {', '.join(COARSE_DATA)}, got {data!r}")
@@ -224,6 +239,10 @@ class LevelProblem:
         self.monitor = monitor if monitor is not None else Monitor(record=False)
         self.check_finite = check_finite
         self.chunk = chunk
+        if coarse_update not in COARSE_UPDATES:
+            raise TrainingConfigError(f"coarse update must be one of {', '.join(COARSE_UPDATES)}, got {coarse_update!r}")
+        self.coarse_update = "scaled" if level == 0 else coarse_update
+        self.frozen_cap = frozen_cap
         sched = task.schedule
         self._uniform = sched.sizes is None or bool((sched.sizes == sched.sizes[0]).all())
 
@@ -242,10 +261,7 @@ class LevelProblem:
         if size <= chunk:
             return self._step(u, s, h)
         parts = [self._step(take(u, slice(a, a + chunk)), s[a : a + chunk], h[a : a + chunk]) for a in range(0, size, chunk)]
-        first = parts[0]
-        from torchpint.engine.state import tree_map
-
-        return tree_map(lambda *xs: torch.cat(xs), *parts) if len(parts) > 1 else first
+        return tree_map(lambda *xs: torch.cat(xs), *parts)
 
     # ------------------------------------------------------------------ internals
     def _step(self, u: Any, s: Tensor, h: Tensor) -> Any:
@@ -254,7 +270,13 @@ class LevelProblem:
         w = update.weights(u)
         g = self._grads(w, s, h)
         fine_steps = int(h[0])
-        out = update.apply(u, g, self.lr, fine_steps, first=(s == 0))
+        if self.coarse_update == "frozen" and fine_steps > 1:
+            k = fine_steps if self.frozen_cap is None else max(1, min(fine_steps, self.frozen_cap))
+            out = update.apply_frozen(u, g, self.lr, k, first=(s == 0))
+            if k < fine_steps and update.stateful and isinstance(out, dict) and "step" in out:
+                out["step"] = out["step"] + float(fine_steps - k)  # keep the step count of the fine point
+        else:
+            out = update.apply(u, g, self.lr, fine_steps, first=(s == 0))
         if self.check_finite:
             self._check(update.weights(out), s, h)
         return out
@@ -263,7 +285,7 @@ class LevelProblem:
         sched = self.task.schedule
         assert sched.order is not None
         if self.data == "serialized":
-            return torch.div(s, h, rounding_mode="floor") % sched.num_batches
+            return (torch.div(s, h, rounding_mode="floor") + sched.offset) % sched.num_batches
         return sched.order[s.clamp(max=sched.steps - 1)]
 
     def _grads(self, w: Tensor, s: Tensor, h: Tensor) -> Tensor:
@@ -302,7 +324,7 @@ class LevelProblem:
         k = int((~finite).nonzero()[0, 0])
         start, span = int(s[k]), int(h[k])
         it = self.monitor.iteration
-        when = f" in MGRIT iteration {it}" if it > 0 else ""
+        when = f" in MGRIT iteration {it}" if it > 0 else (" (initial residual, before iteration 1)" if it == 0 else "")
         if self.level == 0:
             where = f"training step {start} -> {start + 1} (weights w_{start + 1})"
         else:

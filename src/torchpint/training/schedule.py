@@ -31,6 +31,7 @@ class BatchSchedule:
     batches: Tensor | None = None  # (n_batches, B_max) example indices, padded with 0; None: full batch
     sizes: Tensor | None = None  # (n_batches,) real size of each batch
     order: Tensor | None = None  # (N,) batch id of every step
+    offset: int = 0  # serialized schedules: the step from point i uses batch (i + offset) mod K
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 2:
@@ -68,8 +69,12 @@ class BatchSchedule:
         return cls(inputs, targets, steps, table, sizes, torch.arange(steps))
 
     @classmethod
-    def serialized(cls, inputs: Tensor, targets: Tensor, steps: int, batch_size: int = 1) -> BatchSchedule:
-        """Step ``i`` uses the ``(i mod K)``-th chunk of ``batch_size`` consecutive examples."""
+    def serialized(cls, inputs: Tensor, targets: Tensor, steps: int, batch_size: int = 1, offset: int = 0) -> BatchSchedule:
+        """The step from point ``i`` uses the ``((i + offset) mod K)``-th chunk of ``batch_size`` consecutive examples.
+
+        ``offset=1`` indexes a step by the point it produces (the step to ``w_i`` uses chunk
+        ``i mod K``), which is what a step function that sees ``t_stop`` computes.
+        """
         n = inputs.shape[0]
         if batch_size < 1:
             raise TrainingConfigError(f"batch size must be >= 1, got {batch_size}")
@@ -78,8 +83,8 @@ class BatchSchedule:
         table = torch.zeros(len(chunks), int(sizes.max()), dtype=torch.int64)
         for k, c in enumerate(chunks):
             table[k, : c.numel()] = c
-        order = torch.arange(steps) % len(chunks)
-        return cls(inputs, targets, steps, table, sizes, order)
+        order = (torch.arange(steps) + offset) % len(chunks)
+        return cls(inputs, targets, steps, table, sizes, order, offset)
 
     @classmethod
     def from_loader(
@@ -134,4 +139,4 @@ class BatchSchedule:
         """The schedule with floating inputs (and floating targets) cast to ``dtype``."""
         x = self.inputs.to(dtype) if self.inputs.is_floating_point() else self.inputs
         y = self.targets.to(dtype) if self.targets.is_floating_point() else self.targets
-        return BatchSchedule(x, y, self.steps, self.batches, self.sizes, self.order)
+        return BatchSchedule(x, y, self.steps, self.batches, self.sizes, self.order, self.offset)

@@ -31,6 +31,7 @@ def serial_train(task: TrainingTask, keep: str = "all") -> SerialResult:
     problem = LevelProblem(task, 0, task.update.lr, check_finite=True)
     state = task.initial_state()
     states = [state] if keep == "all" else None
+    problem.step(state, 0.0, 1.0)  # warm-up (the first autograd call of a process is slow)
     start = time.perf_counter()
     for i in range(task.steps):
         state = problem.step(state, float(i), float(i + 1))
@@ -47,6 +48,9 @@ def torch_optim_train(task: TrainingTask, keep: str = "last") -> SerialResult:
     optimizer = task.update.to_torch(params)
     flat = lambda: torch.cat([p.detach().reshape(-1) for p in params]).clone()  # noqa: E731
     weights = [flat()] if keep == "all" else None
+    warm = copy.deepcopy(model)  # warm-up on a copy: the first backward of a process is slow
+    x, y = task.schedule.batch(0)
+    task.loss_fn(warm(x), y).backward()
     start = time.perf_counter()
     for i in range(task.steps):
         x, y = task.schedule.batch(i)

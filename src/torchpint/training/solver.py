@@ -28,11 +28,19 @@ from torch import Tensor
 
 from torchpint.engine import MGRIT
 from torchpint.engine.comm import Comm, default_comm
-from torchpint.engine.grid import block_ranges, layouts
+from torchpint.engine.grid import block_ranges
 from torchpint.engine.state import State, batch_sq_norms, expand, leaves, take, tree_map
 from torchpint.training.errors import DivergenceError, TrainingConfigError
 from torchpint.training.memory import MemoryEstimate, check_limit, estimate
-from torchpint.training.problem import COARSE_DATA, LevelProblem, Monitor, TrainingTask, level_learning_rate, state_bytes
+from torchpint.training.problem import (
+    COARSE_DATA,
+    COARSE_UPDATES,
+    LevelProblem,
+    Monitor,
+    TrainingTask,
+    level_learning_rate,
+    state_bytes,
+)
 from torchpint.training.speedup import count_levels, level_steps, potential_speedup, sequential_cost
 
 CYCLES = ("two-level", "V", "F")
@@ -53,6 +61,7 @@ class MGRITOptions:
     growth: float = 2.0  # alpha_l = min(growth**l * alpha_b, lr_max); 1 = the naive solver
     lr_max: float = math.inf
     coarse_data: str = "same"  # see torchpint.training.problem
+    coarse_update: str = "scaled"  # "scaled" (the paper) or "frozen" (see torchpint.training.problem)
     store: str = "all"  # "all" points in the result or only the finest level's "c"-points
     max_memory: int | None = None  # bytes per process; refuse before allocating when above
     check_finite: bool = True
@@ -73,6 +82,8 @@ class MGRITOptions:
             raise TrainingConfigError(f"alpha_max must be > 0, got {self.lr_max}")
         if self.coarse_data not in COARSE_DATA:
             raise TrainingConfigError(f"coarse data must be one of {', '.join(COARSE_DATA)}, got {self.coarse_data!r}")
+        if self.coarse_update not in COARSE_UPDATES:
+            raise TrainingConfigError(f"coarse update must be one of {', '.join(COARSE_UPDATES)}, got {self.coarse_update!r}")
         if self.max_iter < 1:
             raise TrainingConfigError(f"max_iter must be >= 1, got {self.max_iter}")
         if self.tol is not None and not (self.tol >= 0 and math.isfinite(self.tol)):
@@ -155,35 +166,6 @@ class TrainingResult:
         }
 
 
-class _PartialMGRIT(MGRIT):
-    """The engine's MGRIT on levels whose last C-interval may be partial (as XBraid allows).
-
-    The engine's grid check insists that ``(n_l - 1) % m == 0`` on every level; its relaxation,
-    restriction and layouts already handle a level ending with F-points (they count the points
-    of each offset separately), so we build the coarse grids (every ``m``-th point, starting with
-    the first) ourselves.
-    """
-
-    def __init__(self, problems: list[LevelProblem], t: Tensor, *, levels: int, cf: int, **kwargs: Any) -> None:
-        super().__init__(problems[0], t, levels=1, cf=cf, **kwargs)
-        grids = [self.grids[0]]
-        for _ in range(levels - 1):
-            grids.append(grids[-1][::cf].clone())
-        self.grids = grids
-        self.problems = list(problems)
-        self.cf = [cf] * (levels - 1)
-        self.layouts = layouts(self.grids, self.cf, self.comm.rank, self.comm.size)
-
-
-def _fits(n_steps: int, m: int, levels: int) -> bool:
-    n = n_steps
-    for _ in range(levels - 1):
-        if n % m:
-            return False
-        n //= m
-    return True
-
-
 def plan_levels(n_steps: int, options: MGRITOptions) -> int:
     if options.levels is not None:
         if options.levels < 1:
@@ -199,6 +181,13 @@ def plan_levels(n_steps: int, options: MGRITOptions) -> int:
 
 def build_levels(task: TrainingTask, options: MGRITOptions, levels: int, monitor: Monitor, chunk: int | None) -> list[LevelProblem]:
     lr = task.update.lr
+    if options.coarse_update == "frozen":
+        cap = None if math.isinf(options.lr_max) else max(1, int(options.lr_max // lr))
+        return [
+            LevelProblem(task, lvl, lr, options.coarse_data, monitor=monitor, check_finite=options.check_finite,
+                         chunk=chunk, coarse_update="frozen", frozen_cap=cap)
+            for lvl in range(levels)
+        ]
     return [
         LevelProblem(task, lvl, level_learning_rate(lr, lvl, options.growth, options.lr_max), options.coarse_data,
                      monitor=monitor, check_finite=options.check_finite, chunk=chunk)
@@ -281,15 +270,19 @@ def train_mgrit(
     tol = 1e-9 * math.sqrt(n) if options.tol is None else options.tol
     per_state, chunk = activation_chunk(task, options.chunk_bytes)
 
-    start = time.perf_counter()
-    monitor = Monitor(record=True)
+    monitor = Monitor(record=False, iteration=0)
     problems = build_levels(task, options, levels, monitor, chunk)
     u0 = task.initial_state()
     if not all(bool(torch.isfinite(x).all()) for x in leaves(u0)):
         raise TrainingConfigError("the initial weights are not finite")
-    monitor.record = False
+    # Warm-up: the first torch.func / autograd calls of a process carry a one-off cost that
+    # is no part of the solve (serial training pays it before its clock starts too).
+    two = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    problems[0].step_batch(expand(u0, 2), two, two + 1)
+    problems[0].step_batch(expand(u0, 1), two[:1], two[:1] + 1)
+    start = time.perf_counter()
+    monitor.record = True  # the initial residual is part of the solve's time (one batched sweep)
     r0 = initial_residual(problems[0], u0, n, comm, min(chunk, 4096))
-    monitor.record = True
     residuals: list[float] = []
     rising = 0
     verbose = options.verbose and comm.rank == 0
@@ -320,10 +313,8 @@ def train_mgrit(
                   tol=tol, max_iter=options.max_iter, comm=comm, store=options.store, gather=True,
                   callback=on_iteration)
     t = torch.arange(n + 1, dtype=torch.float64)
-    if _fits(n, options.m, levels):
-        solver: MGRIT = MGRIT(problems, t, levels=levels, cf=options.m, **kwargs)
-    else:
-        solver = _PartialMGRIT(problems, t, levels=levels, cf=options.m, **kwargs)
+    # N steps need not be a multiple of m^(levels-1): the last C-interval of a level may be partial.
+    solver = MGRIT(problems, t, levels=levels, cf=options.m, allow_partial=True, **kwargs)
     monitor.iteration = 1
     setup_seconds = time.perf_counter() - start
     result = solver.solve(u0)
@@ -338,7 +329,7 @@ def train_mgrit(
         for i in range(int(stored_t[-1]), n):
             final = problems[0].step(final, float(i), float(i + 1))
     weights = task.update.weights(final)
-    opts = asdict(options)
+    opts = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in asdict(options).items()}
     opts.update({"levels": levels, "nproc": comm.size, "tol": tol, "optimizer": task.update.name})
     return TrainingResult(
         weights=weights,
@@ -370,6 +361,21 @@ def _worker(task: TrainingTask, options: MGRITOptions, keep_trajectory: bool) ->
     if not keep_trajectory:
         result.trajectory = None
     return _pack(result)
+
+
+def train_many(jobs: list[tuple[TrainingTask, MGRITOptions]]) -> list[dict[str, Any]] | None:
+    """Several solves on this rank (a worker function for ``run_workers``); rank 0 returns them packed."""
+    out = []
+    for task, options in jobs:
+        out.append(_pack(train_mgrit(task, options, comm=default_comm())))
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return None
+    return out
+
+
+def unpack(packed: dict[str, Any]) -> TrainingResult:
+    """A result handed back by :func:`train_many` or a worker."""
+    return _unpack(packed)
 
 
 # torch tensors sent through a multiprocessing queue travel as shared-memory handles that die

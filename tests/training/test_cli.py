@@ -1,0 +1,77 @@
+"""``torchpint mgrit-train``: progress lines, the result, --json, --paper-table, --plot, errors."""
+
+import json
+
+import pytest
+
+from torchpint.cli.main import main
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_json_summary(capsys, tmp_path) -> None:
+    plot = tmp_path / "res.png"
+    assert main(["mgrit-train", "xor", "--steps", "64", "--solver", "2", "--json", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "iter   1 | residual" in out and "potential speedup" in out
+    summary = last_json(out)
+    for key in ("iterations", "rho", "residuals", "max_weight_diff_vs_serial", "potential_speedup", "seconds",
+                "predicted_seconds", "serial_seconds"):
+        assert key in summary
+    assert summary["converged"] and summary["max_weight_diff_vs_serial"] <= 1e-8
+    assert len(summary["residuals"]) == summary["iterations"]
+    assert plot.stat().st_size > 0
+
+
+def test_paper_table(capsys, tmp_path) -> None:
+    plot = tmp_path / "speedup.png"
+    assert main(["mgrit-train", "xor", "--paper-table", "2", "--max-n", "200", "--json", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "paper it/rho" in out
+    table = last_json(out)
+    assert [r["N"] for r in table["rows"]] == [100, 200]
+    assert table["max_iteration_difference"] <= 2
+    assert plot.exists()
+
+
+def test_two_processes(capsys) -> None:
+    args = ["mgrit-train", "xor", "--steps", "64", "--cycle", "F", "--nproc", "2", "--no-predict", "--json"]
+    assert main(args) == 0
+    summary = last_json(capsys.readouterr().out)
+    assert summary["nproc"] == 2 and summary["converged"] and summary["max_weight_diff_vs_serial"] <= 1e-8
+
+
+def test_digits_accuracy_of_both(capsys) -> None:
+    args = ["mgrit-train", "digits", "--steps", "32", "--cycle", "V", "--optimizer", "momentum", "--alpha-b", "0.01",
+            "--coarse-update", "frozen", "--no-predict", "--json"]
+    assert main(args) == 0
+    summary = last_json(capsys.readouterr().out)
+    assert summary["converged"] and summary["final_weight_diff_vs_torch_optim"] <= 1e-8
+    assert summary["test_accuracy_mgrit"] == summary["test_accuracy_serial"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--alpha-b", "0"], "alpha_b must be > 0"),
+        (["--alpha-b", "-1"], "alpha_b must be > 0"),
+        (["--steps", "1"], "at least 2 steps"),
+        (["--max-memory", "1K"], "more than the 1.0 KiB allowed"),
+        (["--nproc", "0"], "--nproc must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(capsys, args, message) -> None:
+    assert main(["mgrit-train", "xor", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_divergence_is_reported_not_looped(capsys) -> None:
+    code = main(["mgrit-train", "xor", "--steps", "128", "--solver", "2", "--cycle", "V", "--alpha-b", "10",
+                 "--alpha-max", "1000", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "MGRIT diverges" in captured.err
+    assert last_json(captured.out)["kind"] == "DivergenceError"
