@@ -6,19 +6,30 @@ fraction of the sub-network's cost.  Two families are shipped:
 
 * ``conv`` (images ``(C, H, W)`` and signals ``(C, L)``): resample to the
   output size (adaptive average pooling, free of parameters), then a narrow
-  pre-activation bottleneck ``BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1`` added to
-  a shortcut (the identity when the channel counts agree, a 1x1 projection
-  otherwise).  The last convolution starts at zero, so a new coarse network
-  is its shortcut: the residual stream passed on unchanged, which is what a
-  stack of residual blocks does to first order.
+  pre-activation bottleneck ``GN-ReLU-1x1, GN-ReLU-3x3, GN-ReLU-1x1`` added to
+  a parameter-free shortcut (the input, its channels zero-padded or cut to
+  the output's count, as in ResNet's "option A").  A 1x1 projection would
+  cost ``C_in * C_out`` multiply-adds per pixel, most of the coarse
+  network's budget, so it is left out.  The last convolution starts at zero,
+  so a new coarse network is its shortcut: the residual stream passed on
+  unchanged, which is what a stack of residual blocks does to first order.
 * ``linear`` (feature vectors ``(D,)``, the MLP case): the same idea with
   linear layers, ``shortcut(x) + W2 ReLU(W1 x)`` with a low rank ``W1``, ``W2``.
+
+The coarse networks normalize with GroupNorm, not BatchNorm: the correction
+``C_j(U^{k+1}) - C_j(U^k)`` needs one and the same map applied to two
+different batches, and batch statistics would make it two different maps in
+training (each call normalized by its own batch) and a third one in
+evaluation (running statistics of both mixed) -- a parareal network with
+batch-normalized coarse networks trains well and then fails at test time.
+GroupNorm normalizes each sample by itself, identically in both modes.
 
 Any callable ``(in_shape, out_shape) -> nn.Module`` can be given instead.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
@@ -53,7 +64,12 @@ class ConvCoarse(nn.Module):
             )
         dims = len(in_shape) - 1
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
-        norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+
+        spatial = math.prod(int(v) for v in out_shape[1:])
+
+        def norm(channels: int) -> nn.Module:
+            return _group_norm(channels, spatial)
+
         c_in, c_out = int(in_shape[0]), int(out_shape[0])
         w = _narrow(c_in, c_out, width)
         self.size: tuple[int, ...] = tuple(int(s) for s in out_shape[1:])
@@ -65,22 +81,27 @@ class ConvCoarse(nn.Module):
         self.conv2 = conv(w, w, 3, padding=1, bias=False)
         self.bn3 = norm(w)
         self.conv3 = conv(w, c_out, 1, bias=False)
-        self.shortcut: nn.Module | None = None if c_in == c_out else conv(c_in, c_out, 1, bias=False)
+        self.c_in, self.c_out = c_in, c_out
         for m in (self.conv1, self.conv2):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if self.shortcut is not None:
-            nn.init.kaiming_normal_(self.shortcut.weight, mode="fan_in", nonlinearity="linear")
         nn.init.zeros_(self.conv3.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``shortcut(x') + bottleneck(x')`` with ``x'`` resampled to the output size."""
         if self.resample:
-            x = F.adaptive_avg_pool1d(x, self.size) if self.dims == 1 else F.adaptive_avg_pool2d(x, self.size)
+            if self.dims == 1:
+                x = F.adaptive_avg_pool1d(x, self.size[0])
+            else:
+                x = F.adaptive_avg_pool2d(x, (self.size[0], self.size[1]))
         pre = F.relu(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(F.relu(self.bn2(out)))
         out = self.conv3(F.relu(self.bn3(out)))
-        short = x if self.shortcut is None else self.shortcut(pre)
+        if self.c_out > self.c_in:
+            pad = [0, 0] * self.dims + [0, self.c_out - self.c_in]
+            short = F.pad(x, pad)
+        else:
+            short = x[:, : self.c_out]
         result: Tensor = short + out
         return result
 
@@ -105,6 +126,14 @@ class LinearCoarse(nn.Module):
         short = flat if self.shortcut is None else self.shortcut(flat)
         out: Tensor = short + self.up(F.relu(self.down(flat)))
         return out.view(x.shape[0], *self.out_shape)
+
+
+def _group_norm(channels: int, spatial: int) -> nn.Module:
+    """GroupNorm with up to 8 groups, each holding at least 2 values per sample (identity if impossible)."""
+    for groups in range(min(8, channels), 0, -1):
+        if channels % groups == 0 and (channels // groups) * spatial >= 2:
+            return nn.GroupNorm(groups, channels)
+    return nn.Identity()
 
 
 def _numel(shape: Sequence[int]) -> int:

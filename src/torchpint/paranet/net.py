@@ -28,10 +28,11 @@ fine sub-networks.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -39,9 +40,17 @@ from torch import Tensor, nn
 from torchpint.models.base import StemBlocksHead
 from torchpint.models.counting import count_flops, count_parameters
 from torchpint.paranet.coarse import CoarseFactory, coarse_factory
-from torchpint.paranet.split import BALANCE_MEASURES, Balance, balanced_split, block_costs, check_split_points, group_costs
+from torchpint.paranet.split import (
+    BALANCE_MEASURES,
+    Balance,
+    balanced_split,
+    block_costs,
+    chain_times,
+    check_split_points,
+    group_costs,
+)
 
-__all__ = ["FineRunner", "ParaNet", "format_info", "ideal_speedup", "parareal_sweep"]
+__all__ = ["FineRunner", "ParaNet", "active_iterations", "format_info", "ideal_speedup", "parareal_sweep"]
 
 
 def ideal_speedup(subnets: int, iterations: int, coarse_ratio: float) -> float:
@@ -64,7 +73,9 @@ class FineRunner(Protocol):
     def get(self, k: int, j: int) -> Tensor: ...
 
 
-def parareal_sweep(coarse: Sequence[nn.Module], n: int, iters: int, u0: Tensor, runner: FineRunner) -> Tensor:
+def parareal_sweep(
+    coarse: nn.ModuleList | Sequence[nn.Module], n: int, iters: int, u0: Tensor, runner: FineRunner
+) -> Tensor:
     """``U^K_N`` from ``u0 = P(x)``: coarse sweep, then ``iters`` fine + correction sweeps.
 
     Every execution mode calls this one function, so they compute the same
@@ -73,31 +84,44 @@ def parareal_sweep(coarse: Sequence[nn.Module], n: int, iters: int, u0: Tensor, 
     computed, and each fine output is fetched only when the correction
     sweep needs it, so communication overlaps with the coarse work.
     """
+    m = n - iters
+    # Only what reaches U^K_N is computed: U^k_j is needed iff j <= m + k (m = N - K), so
+    # F_{r+1} runs in iteration k iff r <= m + k and C_j(U^k_{j-1}) is needed iff j <= m + k + 1.
+    # With K = 1 that is everything; larger K drops the values parareal has already made exact.
     u = [u0]
-    runner.submit(0, 0, u0)
-    for j in range(1, n):  # coarse sweep U^0_j = C_j(U^0_{j-1})
-        u.append(coarse[j - 1](u[j - 1]))
-        runner.submit(0, j, u[j])
+    if m >= 0:
+        runner.submit(0, 0, u0)
+    old_c: dict[int, Tensor] = {}  # old_c[j] = C_j(U^k_{j-1})
+    for j in range(1, min(n - 1, m + 1) + 1):  # coarse sweep U^0_j = C_j(U^0_{j-1})
+        c = coarse[j - 1](u[j - 1])
+        old_c[j] = c
+        if j > m:
+            break
+        u.append(c)
+        if j <= m:
+            runner.submit(0, j, c)
     runner.local(0)
-    # old_c[j] = C_j(U^k_{j-1}) for j = 2..N; the coarse sweep gave all but C_N(U^0_{N-1})
-    old_c: list[Tensor | None] = [None, None, *u[2:n]]
-    if n > 1:
-        old_c.append(coarse[n - 1](u[n - 1]))
+    if 1 < n <= m + 1:  # K = 1: C_N(U^0_{N-1}), after the local sub-network has started
+        old_c[n] = coarse[n - 1](u[n - 1])
     for k in range(iters):
         last = k == iters - 1
-        new = [u0, runner.get(k, 0)]  # U^{k+1}_1 = y_1 (C_1 cancels: U_0 never changes)
+        top = min(n, m + k + 1)  # U^{k+1}_j is computed for j <= top
+        new = [u0]
+        new_c: dict[int, Tensor] = {}
+        if top >= 1:
+            new.append(runner.get(k, 0))  # U^{k+1}_1 = y_1 (C_1 cancels: U_0 never changes)
         if not last:
-            runner.submit(k + 1, 0, u0)
-            if n > 1:
+            if 0 <= m + k + 1:
+                runner.submit(k + 1, 0, u0)
+            if top >= 1 and n > 1 and 1 <= m + k + 1:
                 runner.submit(k + 1, 1, new[1])
-        new_c: list[Tensor | None] = [None, None]
-        for j in range(2, n + 1):
+        for j in range(2, min(n, m + k + 2) + 1):
             c = coarse[j - 1](new[j - 1])
-            prev = old_c[j]
-            assert prev is not None
-            new.append(runner.get(k, j - 1) + c - prev)
-            new_c.append(c)
-            if not last and j < n:
+            new_c[j] = c
+            if j > top:
+                break
+            new.append(runner.get(k, j - 1) + c - old_c[j])
+            if not last and j < n and j <= m + k + 1:
                 runner.submit(k + 1, j, new[j])
         if not last:
             runner.local(k + 1)
@@ -105,10 +129,15 @@ def parareal_sweep(coarse: Sequence[nn.Module], n: int, iters: int, u0: Tensor, 
     return u[n]
 
 
+def active_iterations(r: int, n: int, iters: int) -> list[int]:
+    """Iterations in which sub-network ``r`` (0-based) runs: ``r <= N - K + k``."""
+    return [k for k in range(iters) if r <= n - iters + k]
+
+
 class SerialRunner:
     """Every sub-network in this thread, one after another (the reference)."""
 
-    def __init__(self, fine: Sequence[nn.Module]) -> None:
+    def __init__(self, fine: nn.ModuleList | Sequence[nn.Module]) -> None:
         self.fine = fine
         self.inputs: dict[tuple[int, int], Tensor] = {}
         self.outputs: dict[tuple[int, int], Tensor] = {}
@@ -118,7 +147,8 @@ class SerialRunner:
 
     def local(self, k: int) -> None:
         for j, f in enumerate(self.fine):
-            self.outputs[k, j] = f(self.inputs.pop((k, j)))
+            if (k, j) in self.inputs:
+                self.outputs[k, j] = f(self.inputs.pop((k, j)))
 
     def get(self, k: int, j: int) -> Tensor:
         return self.outputs.pop((k, j))
@@ -139,7 +169,7 @@ class DeviceRunner:
         self.net = net
         self.pool = pool
         self.hub = net.devices[0]
-        self.futures: dict[tuple[int, int], Future[Tensor]] = {}
+        self.futures: dict[tuple[int, int], Future[tuple[Tensor, Any]]] = {}
         self.grad = torch.is_grad_enabled()
 
     def submit(self, k: int, j: int, u: Tensor) -> None:
@@ -149,12 +179,12 @@ class DeviceRunner:
             event.record(torch.cuda.current_stream(self.hub))
         self.futures[k, j] = self.pool.submit(self._run, j, u, event)
 
-    def _run(self, j: int, u: Tensor, event: Any) -> Tensor:
+    def _run(self, j: int, u: Tensor, event: Any) -> tuple[Tensor, Any]:
         net = self.net
         device = net.subnet_device(j)
         with torch.set_grad_enabled(self.grad):
             if device.type != "cuda":
-                return net.fine_subnets[j](u.to(device)).to(self.hub)
+                return net.fine_subnets[j](u.to(device)), None
             stream = net._streams[j]
             with torch.cuda.device(device), torch.cuda.stream(stream):
                 if event is not None:
@@ -165,22 +195,22 @@ class DeviceRunner:
                 y = net.fine_subnets[j](x)
                 done = torch.cuda.Event()
                 done.record(stream)
-            return y, done  # type: ignore[return-value]
+            return y, done
 
     def local(self, k: int) -> None:
         pass
 
     def get(self, k: int, j: int) -> Tensor:
-        result = self.futures.pop((k, j)).result()
-        if isinstance(result, tuple):
-            y, done = result
-            hub_stream = torch.cuda.current_stream(self.hub)
-            hub_stream.wait_event(done)
-            out = y.to(self.hub, non_blocking=True)
-            if out is y:
-                y.record_stream(hub_stream)
+        y, done = self.futures.pop((k, j)).result()
+        if done is None:
+            out: Tensor = y.to(self.hub)
             return out
-        return result
+        hub_stream = torch.cuda.current_stream(self.hub)
+        hub_stream.wait_event(done)
+        out = y.to(self.hub, non_blocking=True)
+        if out is y:
+            y.record_stream(hub_stream)
+        return out
 
 
 def _shape_of(t: Tensor) -> tuple[int, ...]:
@@ -232,7 +262,7 @@ class ParaNet(nn.Module):
         elif isinstance(model, nn.Sequential):
             stem, head, blocks = nn.Identity(), nn.Identity(), list(model)
         else:
-            raise ValueError(
+            raise TypeError(
                 f"ParaNet needs a model with stem, blocks and head, or an nn.Sequential; got {type(model).__name__}"
             )
         subnets = int(subnets)
@@ -260,8 +290,16 @@ class ParaNet(nn.Module):
         block_shapes = self._dry_run_blocks(blocks)
         self.block_in_shapes = block_shapes[:-1]
         if split_points is None:
-            costs = block_costs(blocks, self.block_in_shapes, balance, batch=balance_batch)
-            bounds = balanced_split(costs, subnets)
+            # the hub (sub-network 1's process) also runs stem and head: their cost goes to its group
+            if balance == "time":
+                times = chain_times([self.stem, *blocks, self.head], self.input_shape, batch=balance_batch)
+                costs, offset = times[1:-1], times[0] + times[-1]
+            else:
+                costs = block_costs(blocks, self.block_in_shapes, balance, batch=balance_batch)
+                ends = [m for m in (self.stem, self.head) if any(True for _ in m.parameters())]
+                ends_shapes = [self.input_shape if m is self.stem else block_shapes[-1] for m in ends]
+                offset = sum(block_costs(ends, ends_shapes, balance)) if balance != "blocks" else 0.0
+            bounds = balanced_split(costs, subnets, first_offset=offset)
         else:
             if len(split_points) != subnets - 1:
                 raise ValueError(f"{subnets} sub-networks need {subnets - 1} split points, got {len(split_points)}")
@@ -269,7 +307,7 @@ class ParaNet(nn.Module):
             costs = block_costs(blocks, self.block_in_shapes, "flops")
         self.block_costs_used = costs
         self.bounds = bounds
-        self.fine_subnets = nn.ModuleList(nn.Sequential(*blocks[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
+        self.fine_subnets = nn.ModuleList(nn.Sequential(*blocks[a:b]) for a, b in itertools.pairwise(bounds))
         self.interface_shapes = [block_shapes[b] for b in bounds]  # [in of F_1, out of F_1, ..., out of F_N]
 
         # Coarse networks C_1..C_N (none when N = 1: nothing to approximate).
@@ -324,7 +362,7 @@ class ParaNet(nn.Module):
 
     @staticmethod
     def _param_device(module: nn.Module) -> torch.device:
-        p = next(module.parameters(), None)
+        p: Tensor | None = next(module.parameters(), None)
         if p is None:
             p = next(module.buffers(), None)
         return p.device if p is not None else torch.device("cpu")
@@ -344,13 +382,13 @@ class ParaNet(nn.Module):
                 x = torch.zeros((2, *self.input_shape), device=device)
                 try:
                     x = self.stem(x)
-                except Exception as err:  # noqa: BLE001 - reported with the shapes
+                except Exception as err:
                     raise ValueError(f"the stem cannot take input of shape {self.input_shape}: {err}") from err
                 shapes.append(_shape_of(x))
                 for i, block in enumerate(blocks):
                     try:
                         x = block(x)
-                    except Exception as err:  # noqa: BLE001
+                    except Exception as err:
                         raise ValueError(f"block {i} cannot take input of shape {_shape_of(x)}: {err}") from err
                     shapes.append(_shape_of(x))
         finally:
@@ -379,7 +417,7 @@ class ParaNet(nn.Module):
                     coarse = self.coarse_nets[j]
                     try:
                         c_shape = _shape_of(coarse(x.to(self._param_device(coarse))))
-                    except Exception as err:  # noqa: BLE001
+                    except Exception as err:
                         raise ValueError(
                             f"coarse network {j + 1} cannot take the input of sub-network {j + 1} "
                             f"(blocks {a}..{b - 1}), shape {in_shape}: {err}"
@@ -428,7 +466,7 @@ class ParaNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     @property
-    def K(self) -> int:  # noqa: N802 - the paper's name
+    def K(self) -> int:
         """Number of parareal iterations."""
         return self.iterations
 
@@ -482,7 +520,7 @@ class ParaNet(nn.Module):
         return Balance(m, group_costs(costs, self.bounds))
 
     def _all_blocks(self) -> list[nn.Module]:
-        return [b for f in self.fine_subnets for b in f]
+        return [b for f in self.fine_subnets for b in cast(nn.Sequential, f)]
 
     def info(self) -> dict[str, Any]:
         """Split, shapes, parameter and FLOP counts (multiply-accumulates per sample)."""
@@ -515,10 +553,16 @@ class ParaNet(nn.Module):
         coarse_flops = [s.get("coarse_flops", 0) for s in subs]
         original_params = count_parameters(self.stem) + count_parameters(self.head) + sum(s["params"] for s in subs)
         coarse_params = count_parameters(self.coarse_nets)
-        # coarse evaluations per forward: C_1..C_N once in the first sweep, C_2..C_N once per correction
-        coarse_evals = (sum(coarse_flops) + self.iterations * sum(coarse_flops[1:])) if n > 1 else 0
-        parareal_flops = stem_flops + head_flops + self.iterations * sum(fine_flops) + coarse_evals
-        critical = stem_flops + head_flops + self.iterations * max(fine_flops) + coarse_evals
+        # evaluations per forward pass, as parareal_sweep makes them
+        m, iters = n - self.iterations, self.iterations
+        coarse_evals = 0
+        if n > 1:
+            sweep = list(range(1, min(n - 1, m + 1) + 1)) + ([n] if n <= m + 1 else [])
+            corrections = [j for k in range(iters) for j in range(2, min(n, m + k + 2) + 1)]
+            coarse_evals = sum(coarse_flops[j - 1] for j in sweep + corrections)
+        runs = [[r for r in range(n) if r <= m + k] for k in range(iters)]
+        parareal_flops = stem_flops + head_flops + sum(fine_flops[r] for act in runs for r in act) + coarse_evals
+        critical = stem_flops + head_flops + sum(max(fine_flops[r] for r in act) for act in runs if act) + coarse_evals
         ratio = max(s.get("coarse_flop_fraction", 0.0) for s in subs)
         bal = self.balance()
         return {
@@ -540,6 +584,7 @@ class ParaNet(nn.Module):
             "coarse_param_fraction": coarse_params / original_params if original_params else 0.0,
             "original_flops": stem_flops + head_flops + sum(fine_flops),
             "parareal_flops": parareal_flops,
+            "coarse_flops_per_forward": coarse_evals,
             "critical_path_flops": critical,
             "ideal_speedup_flops": (stem_flops + head_flops + sum(fine_flops)) / critical if critical else 1.0,
             "max_coarse_flop_fraction": ratio,
@@ -561,32 +606,32 @@ def _fmt_count(n: float) -> str:
 def format_info(info: dict[str, Any]) -> str:
     """Text table of a :meth:`ParaNet.info` dict."""
     lines = [
-        f"parareal network: N={info['subnets']} sub-networks, K={info['iterations']} iteration(s), "
-        f"{info['num_blocks']} blocks, input {tuple(info['input_shape'])}",
+        (f"parareal network: N={info['subnets']} sub-networks, K={info['iterations']} iteration(s), "
+        f"{info['num_blocks']} blocks, input {tuple(info['input_shape'])}"),
         f"split points (first block of sub-networks 2..N): {info['split_points']}",
         "",
-        f"{'sub':>4} {'blocks':>9} {'in shape':>16} {'out shape':>16} {'params':>9} {'MACs':>9} "
-        f"{'coarse params':>13} {'coarse MACs':>11} {'coarse/sub':>10}",
+        (f"{'sub':>4} {'blocks':>9} {'in shape':>16} {'out shape':>16} {'params':>9} {'MACs':>9} "
+        f"{'coarse params':>13} {'coarse MACs':>11} {'coarse/sub':>10}"),
     ]
     for s in info["subnetworks"]:
         frac = s.get("coarse_flop_fraction")
         lines.append(
-            f"{s['index']:>4} {s['blocks'][0]:>4}-{s['blocks'][1]:<4} {str(tuple(s['in_shape'])):>16} "
-            f"{str(tuple(s['out_shape'])):>16} {_fmt_count(s['params']):>9} {_fmt_count(s['flops']):>9} "
+            f"{s['index']:>4} {s['blocks'][0]:>4}-{s['blocks'][1]:<4} {tuple(s['in_shape'])!s:>16} "
+            f"{tuple(s['out_shape'])!s:>16} {_fmt_count(s['params']):>9} {_fmt_count(s['flops']):>9} "
             f"{_fmt_count(s.get('coarse_params', 0)):>13} {_fmt_count(s.get('coarse_flops', 0)):>11} "
             f"{'-' if frac is None else f'{100 * frac:.1f}%':>10}"
         )
     bal = info["balance"]
     lines += [
         "",
-        f"balance by {bal['measure']}: shares {', '.join(f'{100 * s:.1f}%' for s in bal['shares'])} "
-        f"(max/mean {bal['imbalance']:.3f}); by FLOPs: max/mean {info['flop_balance']['imbalance']:.3f}",
-        f"parameters: original {_fmt_count(info['original_params'])}, coarse {_fmt_count(info['coarse_params'])} "
-        f"(+{100 * info['coarse_param_fraction']:.2f}%), parareal total {_fmt_count(info['total_params'])}",
-        f"MACs per sample: original {_fmt_count(info['original_flops'])}, parareal {_fmt_count(info['parareal_flops'])}"
+        (f"balance by {bal['measure']}: shares {', '.join(f'{100 * s:.1f}%' for s in bal['shares'])} "
+        f"(max/mean {bal['imbalance']:.3f}); by FLOPs: max/mean {info['flop_balance']['imbalance']:.3f}"),
+        (f"parameters: original {_fmt_count(info['original_params'])}, coarse {_fmt_count(info['coarse_params'])} "
+        f"(+{100 * info['coarse_param_fraction']:.2f}%), parareal total {_fmt_count(info['total_params'])}"),
+        (f"MACs per sample: original {_fmt_count(info['original_flops'])}, parareal {_fmt_count(info['parareal_flops'])}"
         f", critical path {_fmt_count(info['critical_path_flops'])} "
         f"(ideal speedup by FLOPs {info['ideal_speedup_flops']:.2f}x; parareal formula "
-        f"N/((1+K)Nc+K) = {info['parareal_ideal_speedup']:.2f}x with c = {info['max_coarse_flop_fraction']:.3f})",
+        f"N/((1+K)Nc+K) = {info['parareal_ideal_speedup']:.2f}x with c = {info['max_coarse_flop_fraction']:.3f})"),
     ]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ its parameter count (``params``), its measured forward+backward time
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from torch import nn
 
 from torchpint.models.counting import count_flops, count_parameters
 
-__all__ = ["BALANCE_MEASURES", "Balance", "balanced_split", "block_costs", "check_split_points"]
+__all__ = ["BALANCE_MEASURES", "Balance", "balanced_split", "block_costs", "chain_times", "check_split_points"]
 
 BALANCE_MEASURES = ("flops", "params", "time", "blocks")
 
@@ -95,13 +96,73 @@ def block_costs(
     return costs
 
 
-def balanced_split(costs: Sequence[float], groups: int) -> list[int]:
+class _Stamp(torch.autograd.Function):
+    """Identity that records when the backward pass reaches it."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, log: list[float]) -> torch.Tensor:  # type: ignore[override]
+        ctx.log = log  # type: ignore[attr-defined]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        ctx.log.append(time.perf_counter())  # type: ignore[attr-defined]
+        return grad, None
+
+
+def chain_times(
+    modules: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 16, repeats: int = 3
+) -> list[float]:
+    """Forward + backward seconds of each module of the chain ``modules[-1](...modules[0](x))``, in context.
+
+    The chain runs as a whole (copies of the modules, so no batch-norm
+    statistic moves) on a random batch; forward times are taken between
+    the calls, backward times from identity autograd functions placed
+    between the modules.  In context matters: a block's cost alone, on a
+    fresh input, can be a fifth off its cost inside the network (memory
+    traffic, allocation), which is enough to pick the wrong split.
+    Median of ``repeats`` runs after one warm-up.
+    """
+    chain = [copy.deepcopy(m).train() for m in modules]
+    param = next((p for m in chain for p in m.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn((batch, *input_shape), generator=gen).to(device)
+    runs: list[list[float]] = []
+    for i in range(repeats + 1):
+        log: list[float] = []
+        fwd: list[float] = []
+        h = x0
+        for m in chain:
+            start = time.perf_counter()
+            h = _Stamp.apply(m(h), log)
+            fwd.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        h.float().square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        end = time.perf_counter()
+        # log[0] is reached first (after the loss), log[i] when module n-1-i+1... see below
+        marks = [start, *log]  # marks[i]: backward reached the output of module n-1-(i-1)
+        n = len(chain)
+        bwd = [0.0] * n
+        for k in range(n):  # module n-1-k: from its output's stamp to the previous module's stamp (or the end)
+            begin = marks[k + 1]
+            finish = marks[k + 2] if k + 2 < len(marks) else end
+            bwd[n - 1 - k] = finish - begin
+        if i > 0:
+            runs.append([f + b for f, b in zip(fwd, bwd)])
+    return [statistics.median(r[j] for r in runs) for j in range(len(chain))]
+
+
+def balanced_split(costs: Sequence[float], groups: int, first_offset: float = 0.0) -> list[int]:
     """Bounds ``[0, b_1, ..., len(costs)]`` of ``groups`` contiguous non-empty groups minimizing the largest sum.
 
     Exact dynamic programming, O(groups * n^2) vectorized.  Among optimal
     splits, ties are broken towards a lighter first group: in distributed
     mode that group runs on the hub, which also runs the stem, the coarse
-    networks and the head.
+    networks and the head.  ``first_offset`` is added to the first group's
+    cost (that extra work of the hub), so the first group gets fewer blocks.
     """
     n = len(costs)
     if groups < 1:
@@ -113,14 +174,15 @@ def balanced_split(costs: Sequence[float], groups: int) -> list[int]:
     seg = prefix[None, :] - prefix[:, None]  # seg[m, i] = cost of blocks m..i-1
     valid = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
     # 1) the smallest possible largest group cost T
-    best = np.where(np.arange(n + 1) > 0, prefix, np.inf)
+    best = np.where(np.arange(n + 1) > 0, prefix + first_offset, np.inf)
     for _ in range(2, groups + 1):
         best = np.min(np.where(valid, np.maximum(best[:, None], seg), np.inf), axis=0)
     limit = best[n] * (1 + 1e-9) + 1e-12
     # 2) among splits with every group <= T, the most even one (least sum of squares),
     #    the first group weighted a hair more so that ties leave it lighter
     allowed = valid & (seg <= limit)
-    cost = np.where(allowed[0], seg[0] ** 2 * (1 + 1e-6), np.inf)
+    allowed[0] = valid[0] & (seg[0] + first_offset <= limit)
+    cost = np.where(allowed[0], (seg[0] + first_offset) ** 2 * (1 + 1e-6), np.inf)
     choice = np.zeros((groups + 1, n + 1), dtype=np.int64)
     for g in range(2, groups + 1):
         cand = np.where(allowed, cost[:, None] + seg**2, np.inf)
@@ -149,4 +211,4 @@ def check_split_points(split_points: Sequence[int], num_blocks: int) -> list[int
 
 def group_costs(costs: Sequence[float], bounds: Sequence[int]) -> tuple[float, ...]:
     """Sum of ``costs`` over each group ``bounds[j]..bounds[j+1]-1``."""
-    return tuple(float(sum(costs[a:b])) for a, b in zip(bounds[:-1], bounds[1:]))
+    return tuple(float(sum(costs[a:b])) for a, b in itertools.pairwise(bounds))

@@ -1,0 +1,579 @@
+"""Training a parareal network (or the original network) with checkpoints that resume exactly.
+
+One loop serves every mode:
+
+* one process: the whole :class:`ParaNet` (or the original network) here;
+* ``nproc = N`` processes: rank 0 runs this loop on a :class:`ParaNetHub`,
+  ranks 1..N-1 serve their sub-network (:class:`ParaNetWorker`) and take
+  optimizer steps and write their checkpoint parts when the hub says so.
+
+Optimizer: SGD with momentum and weight decay; learning rate per step from
+a cosine or step schedule (a pure function of epoch and step, so nothing
+about it needs saving).  Data order and augmentation draw from generators
+seeded by ``(seed, epoch)``, and every process's global RNG state is saved,
+so a run resumed from the checkpoint of epoch ``e`` continues exactly as
+the uninterrupted run would have.
+
+Checkpoints: ``<run>/checkpoints/epoch_XXXX/part<r>.pt`` holds process
+``r``'s parameters, buffers and momentum buffers under the full network's
+names, ``meta.pt`` the history and configuration; ``checkpoints/latest``
+names the last complete one and is written only after every part, so a run
+killed at any moment resumes from a complete checkpoint.  Parts are merged
+by name on loading, so a checkpoint written by N processes resumes in one
+and the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchpint.data import Datasets, load_dataset, random_crop_flip
+from torchpint.models import build_model, count_parameters
+from torchpint.paranet.distributed import ParaNetHub
+from torchpint.paranet.net import ParaNet
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainConfig",
+    "build_original",
+    "build_paranet",
+    "load_data",
+    "lr_at",
+    "train_network",
+]
+
+SCHEDULES = ("cosine", "step")
+AUGMENTS = ("auto", "none", "crop", "crop-flip")
+CMD_SAVE = 10  # custom worker command: write your checkpoint part
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last checkpoint was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (picklable, saved in every checkpoint)."""
+
+    model: str = "resnet20-small"
+    dataset: str = "digits"
+    subnets: int = 2
+    iterations: int = 1
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    nproc: int = 1
+    threads: int = 1
+    augment: str = "auto"
+    balance: str = "time"
+    coarse: str = "auto"
+    coarse_width: int | None = None
+    depth: int | None = None
+    width: int | None = None
+    image_size: int | None = None
+    data_root: str | None = None
+    max_train: int | None = None
+    max_test: int | None = None
+    eval_batch: int = 256
+    device: str = "cpu"  # "cuda": one GPU per process (rank r on cuda:r), nccl between processes
+    devices: list[str] | None = None  # one process, sub-network j on devices[j % len], the rest on devices[0]
+    out: str = "runs/paranet"
+    progress: bool = True
+    # decided by the caller before workers start (measured balance must be the same everywhere)
+    split_points: list[int] | None = None
+    input_shape: list[int] = field(default_factory=list)
+    num_classes: int = 0
+    fault: dict[str, Any] | None = None  # {"kind": "nan"|"kill", "epoch": e (1-based), "step": s, "rank": r}
+
+    #: fields that must match for --resume to continue a run exactly
+    RESUME_KEYS = (
+        "model", "dataset", "subnets", "iterations", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+        "seed", "augment", "coarse", "coarse_width", "depth", "width", "image_size", "max_train", "split_points",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- data and models
+def _is_image_model(name: str) -> bool:
+    key = name.lower()
+    return key.startswith("vgg") or key.startswith("resnet") and not key.startswith("resnet1d")
+
+
+def load_data(cfg: TrainConfig) -> Datasets:
+    """The data set, shaped for the model family, optionally cut to ``max_train``/``max_test`` samples."""
+    name = cfg.dataset.strip().lower()
+    model = cfg.model.strip().lower()
+    kw: dict[str, Any] = {}
+    if name == "digits":
+        if _is_image_model(model):
+            kw = {"image_size": cfg.image_size or (32 if model.startswith("vgg") else 16), "channels": 1}
+        elif cfg.image_size:
+            kw = {"image_size": cfg.image_size}
+    elif name == "synthetic":
+        shape = (1, 40) if model == "resnet1d" else (64,) if model == "mlp" else (3, cfg.image_size or 32, cfg.image_size or 32)
+        kw = {"shape": shape, "n": 2048}
+    data = load_dataset(name, root=cfg.data_root, **kw)
+    if model == "resnet1d" and len(data.input_shape) != 2:
+        raise ValueError(f"model resnet1d needs 1-D signals (C, L) such as mnist1d; {name} has shape {data.input_shape}")
+    if _is_image_model(model) and len(data.input_shape) != 3:
+        raise ValueError(f"model {cfg.model} needs images (C, H, W); {name} has samples of shape {data.input_shape}")
+    if cfg.max_train or cfg.max_test:
+        from torch.utils.data import TensorDataset
+
+        tr, te = data.train.tensors, data.test.tensors
+        ntr, nte = cfg.max_train or len(tr[0]), cfg.max_test or len(te[0])
+        data = Datasets(data.name, TensorDataset(tr[0][:ntr], tr[1][:ntr]), TensorDataset(te[0][:nte], te[1][:nte]),
+                        data.num_classes, data.input_shape, data.mean, data.std)
+    return data
+
+
+def _model_kwargs(cfg: TrainConfig, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    key = cfg.model.strip().lower()
+    kw: dict[str, Any] = {}
+    if key == "mlp":
+        kw["in_features"] = int(np.prod(input_shape))
+        if cfg.depth is not None:
+            kw["depth"] = cfg.depth
+        if cfg.width is not None:
+            kw["hidden"] = cfg.width
+    elif key == "resnet1d":
+        kw["in_length"] = int(input_shape[-1])
+        if cfg.depth is not None:
+            kw["num_blocks"] = cfg.depth
+        if cfg.width is not None:
+            kw["channels"] = cfg.width
+    else:
+        if cfg.depth is not None:
+            raise ValueError(f"--depth is for mlp and resnet1d; the depth of {cfg.model} is in its name (resnet<9n+2>)")
+        if cfg.width is not None:
+            kw["width" if key.startswith("vgg") else "base_width"] = cfg.width
+    return kw
+
+
+def build_original(cfg: TrainConfig) -> nn.Module:
+    """The original network, initialized from ``cfg.seed`` (the parareal network starts from the same weights)."""
+    torch.manual_seed(cfg.seed)
+    shape = tuple(cfg.input_shape)
+    return build_model(cfg.model, num_classes=cfg.num_classes, in_channels=shape[0], **_model_kwargs(cfg, shape))
+
+
+def build_paranet(cfg: TrainConfig) -> ParaNet:
+    """The parareal network of ``cfg`` (the original's weights, then the coarse networks, from ``cfg.seed``)."""
+    model = build_original(cfg)
+    return ParaNet(
+        model,
+        cfg.subnets,
+        input_shape=tuple(cfg.input_shape),
+        iterations=cfg.iterations,
+        split_points=cfg.split_points,
+        balance=cfg.balance,
+        coarse=cfg.coarse,
+        coarse_width=cfg.coarse_width,
+        balance_batch=cfg.batch_size,
+    )
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of step ``step`` of epoch ``epoch`` (both 0-based)."""
+    if cfg.schedule == "cosine":
+        t = (epoch * steps_per_epoch + step) / max(1, cfg.epochs * steps_per_epoch)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    drops = sum(epoch >= int(f * cfg.epochs) for f in (0.5, 0.75))
+    return cfg.lr * 0.1**drops
+
+
+def _augmenter(cfg: TrainConfig, shape: tuple[int, ...]) -> Callable[[Tensor, torch.Generator], Tensor] | None:
+    mode = cfg.augment
+    if mode == "auto":  # CIFAR-style augmentation for the CIFAR-style data sets only
+        mode = {"cifar10": "crop-flip", "cifar100": "crop-flip", "svhn": "crop"}.get(cfg.dataset.strip().lower(), "none")
+    if mode == "none":
+        return None
+    if len(shape) != 3:
+        raise ValueError(f"--augment {mode} needs images (C, H, W), the data have shape {shape}")
+    pad = max(1, shape[-1] // 8)
+    flip = mode == "crop-flip"
+    return lambda x, g: random_crop_flip(x, g, padding=pad, flip=flip)
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63 - 1)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The last complete checkpoint folder of a run, or None."""
+    pointer = _checkpoint_root(run_dir) / "latest"
+    if not pointer.is_file():
+        return None
+    path = _checkpoint_root(run_dir) / pointer.read_text().strip()
+    return path if (path / "meta.pt").is_file() else None
+
+
+def _momentum(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, Tensor]:
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[names[id(p)]] = buf.detach().cpu().clone()
+    return out
+
+
+def write_part(folder: Path, part: int, state: dict[str, Tensor], momentum: dict[str, Tensor]) -> None:
+    """Write one process's part of a checkpoint (atomically: temporary file, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".part{part}.pt.tmp"
+    torch.save(
+        {"state": {k: v.detach().cpu().clone() for k, v in state.items()}, "momentum": momentum,
+         "torch_rng": torch.get_rng_state()},
+        tmp,
+    )
+    os.replace(tmp, folder / f"part{part}.pt")
+
+
+def read_parts(folder: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[int, Tensor]]:
+    """Merged state, momentum and per-part RNG states of every ``part*.pt`` in ``folder``."""
+    state: dict[str, Tensor] = {}
+    momentum: dict[str, Tensor] = {}
+    rngs: dict[int, Tensor] = {}
+    parts = sorted(folder.glob("part*.pt"))
+    if not parts:
+        raise ValueError(f"checkpoint {folder} has no part*.pt files")
+    for path in parts:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        state.update(data["state"])
+        momentum.update(data["momentum"])
+        rngs[int(path.stem[4:])] = data["torch_rng"]
+    return state, momentum, rngs
+
+
+def load_into(
+    module_state: dict[str, Tensor],
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    folder: Path,
+    part: int,
+    prefix: str = "",
+) -> None:
+    """Load this process's names (``prefix`` + local name) from a checkpoint folder, momentum and RNG included."""
+    state, momentum, rngs = read_parts(folder)
+    missing = [prefix + k for k in module_state if prefix + k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {folder} lacks {len(missing)} entries of this network, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for k, t in module_state.items():
+            src = state[prefix + k]
+            if src.shape != t.shape:
+                raise ValueError(f"checkpoint {folder}: {prefix + k} has shape {tuple(src.shape)}, "
+                                 f"the network {tuple(t.shape)}")
+            t.copy_(src)
+    for k, p in params.items():
+        if prefix + k in momentum:
+            optimizer.state[p]["momentum_buffer"] = momentum[prefix + k].to(p.device).clone()
+    if part in rngs:
+        torch.set_rng_state(rngs[part])
+
+
+# ---------------------------------------------------------------------------- the loop
+class _Local:
+    """One process holds the whole network (a ParaNet or the original)."""
+
+    def __init__(self, net: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> None:
+        self.net = net
+        self.device = device or next(net.parameters()).device
+        self.opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def forward(self, x: Tensor, epoch: int, step: int) -> Tensor:
+        out: Tensor = self.net(x)
+        return out
+
+    def after_backward(self) -> None:
+        pass
+
+    def step(self, lr: float, epoch: int, step: int) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def save(self, folder: Path, epoch: int) -> None:
+        names = {id(p): n for n, p in self.net.named_parameters()}
+        write_part(folder, 0, self.net.state_dict(), _momentum(self.opt, names))
+
+    def load(self, folder: Path) -> None:
+        load_into(self.net.state_dict(), dict(self.net.named_parameters()), self.opt, folder, 0)
+
+    def close(self) -> None:
+        pass
+
+
+class _Hub(_Local):
+    """Rank 0 of a distributed parareal network: the loop drives the workers through the hub."""
+
+    def __init__(self, hub: ParaNetHub, cfg: TrainConfig) -> None:
+        super().__init__(hub, cfg, hub.device)
+        self.hub = hub
+
+    def forward(self, x: Tensor, epoch: int, step: int) -> Tensor:
+        out: Tensor = self.hub(x, epoch=epoch, step=step)
+        return out
+
+    def after_backward(self) -> None:
+        self.hub.wait()
+
+    def step(self, lr: float, epoch: int, step: int) -> None:
+        self.hub.step_workers(lr, epoch, step)
+        super().step(lr, epoch, step)
+
+    def save(self, folder: Path, epoch: int) -> None:
+        self.hub.custom(CMD_SAVE, epoch=epoch)  # every worker writes its part first
+        super().save(folder, epoch)
+
+    def close(self) -> None:
+        self.hub.stop()
+
+
+def _batches(n: int, batch: int, gen: torch.Generator) -> list[Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    out = [perm[i : i + batch] for i in range(0, n, batch)]
+    if len(out) > 1 and len(out[-1]) < 2:  # batch norm cannot train on one sample
+        out.pop()
+    return out
+
+
+def _evaluate(runner: _Local, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
+    runner.net.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = runner.forward(x[i : i + batch].to(runner.device), -1, -1)
+            yb = y[i : i + batch].to(out.device)
+            loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+    return loss_sum / len(x), correct / len(x)
+
+
+def train_network(
+    cfg: TrainConfig,
+    run_dir: Path,
+    label: str,
+    runner: _Local,
+    data: Datasets,
+    resume: bool,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or continue) one network; returns its history and summary.  Checkpoints every epoch."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    root = _checkpoint_root(run_dir)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume:
+        folder = latest_checkpoint(run_dir)
+        if folder is not None:
+            meta = torch.load(folder / "meta.pt", map_location="cpu", weights_only=False)
+            saved = meta["config"]
+            changed = [k for k in TrainConfig.RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+            if changed:
+                raise ValueError(f"--resume: the run in {run_dir} was made with different "
+                                 + ", ".join(f"{k} ({saved.get(k)!r} there, {getattr(cfg, k)!r} now)" for k in changed))
+            runner.load(folder)
+            random.setstate(meta["python_rng"])
+            np.random.set_state(meta["numpy_rng"])
+            history = list(meta["history"])
+            start_epoch = int(meta["epoch"])
+            print(f"[{label}] resumed from {folder} (epoch {start_epoch} of {cfg.epochs})", flush=True)
+        else:
+            print(f"[{label}] --resume: no checkpoint in {root}, starting from the beginning", flush=True)
+    x_train, y_train = data.train.tensors
+    x_test, y_test = data.test.tensors
+    augment = _augmenter(cfg, tuple(data.input_shape))
+    n = len(x_train)
+    steps = len(_batches(n, cfg.batch_size, torch.Generator().manual_seed(0)))
+    fault = cfg.fault or {}
+    for epoch in range(start_epoch, cfg.epochs):
+        runner.net.train()
+        order = _batches(n, cfg.batch_size, torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0)))
+        aug_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1))
+        loss_sum, correct, seen = 0.0, 0, 0
+        lr = cfg.lr
+        bar = tqdm(total=len(order), desc=f"{label} epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=True, dynamic_ncols=True, mininterval=0.5)
+        start = time.perf_counter()
+        for step, idx in enumerate(order):
+            xb, yb = x_train[idx], y_train[idx]
+            if augment is not None:
+                xb = augment(xb, aug_gen)
+            lr = lr_at(cfg, epoch, step, steps)
+            out = runner.forward(xb.to(runner.device), epoch, step)
+            yb = yb.to(out.device)
+            loss = F.cross_entropy(out, yb)
+            if fault.get("kind") == "nan" and fault.get("epoch") == epoch + 1 and fault.get("step", 0) == step:
+                loss = loss * float("nan")
+            value = loss.item()
+            if not math.isfinite(value):
+                bar.close()
+                last = latest_checkpoint(run_dir)
+                kept = f"the last checkpoint ({last}) is kept; --resume continues from it" if last else (
+                    "no checkpoint had been written yet")
+                raise NonFiniteLossError(
+                    f"{label}: the loss became {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
+                    f"training stopped; {kept} (a smaller --lr may help)"
+                )
+            loss.backward()
+            runner.after_backward()
+            runner.step(lr, epoch, step)
+            loss_sum += value * len(idx)
+            correct += int((out.detach().argmax(1) == yb).sum())
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", refresh=False)
+        seconds = time.perf_counter() - start
+        bar.close()
+        eval_start = time.perf_counter()
+        test_loss, test_acc = _evaluate(runner, x_test, y_test, cfg.eval_batch)
+        record = {
+            "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds,
+            "eval_seconds": time.perf_counter() - eval_start,
+        }  # fmt: skip
+        history.append(record)
+        if cfg.progress:
+            print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
+                  f"acc {100 * record['train_acc']:.2f}% | test loss {test_loss:.4f}, acc {100 * test_acc:.2f}% "
+                  f"| {seconds:.2f} s", flush=True)
+        _save_checkpoint(runner, root, epoch + 1, cfg, history, extra_meta)
+    runner.close()
+    times = [h["seconds"] for h in history]
+    return {
+        "label": label,
+        "history": history,
+        "test_acc": history[-1]["test_acc"] if history else float("nan"),
+        "test_loss": history[-1]["test_loss"] if history else float("nan"),
+        "seconds_per_epoch": statistics.median(times) if times else float("nan"),
+        "mean_seconds_per_epoch": statistics.fmean(times) if times else float("nan"),
+        "params": count_parameters(runner.net) if not isinstance(runner, _Hub) else None,
+    }
+
+
+def _save_checkpoint(
+    runner: _Local, root: Path, epoch: int, cfg: TrainConfig, history: list[dict[str, Any]],
+    extra: dict[str, Any] | None,
+) -> None:
+    name = f"epoch_{epoch:04d}"
+    folder = root / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    runner.save(folder, epoch)
+    meta = {
+        "epoch": epoch, "history": history, "config": asdict(cfg), "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(), **(extra or {}),
+    }  # fmt: skip
+    torch.save(meta, folder / ".meta.pt.tmp")
+    os.replace(folder / ".meta.pt.tmp", folder / "meta.pt")
+    tmp = root / ".latest.tmp"
+    tmp.write_text(name)
+    os.replace(tmp, root / "latest")  # the checkpoint counts from here on
+    for old in root.glob("epoch_*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- entry points
+def train_local(cfg: TrainConfig, run_dir: Path, label: str, original: bool, resume: bool) -> dict[str, Any]:
+    """Train the parareal network (or, with ``original``, the original) in this process."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        data = load_data(cfg)
+        net = build_original(cfg) if original else build_paranet(cfg)
+        if cfg.devices:
+            if original:
+                net.to(cfg.devices[0])
+            else:
+                net.to_devices(cfg.devices)  # type: ignore[operator]
+        elif cfg.device != "cpu":
+            net.to(cfg.device)
+        return train_network(cfg, run_dir, label, _Local(net, cfg), data, resume)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def distributed_worker(cfg: TrainConfig, run_dir: str, label: str, resume: bool) -> dict[str, Any] | None:
+    """Body of every process of a distributed training run (started by run_workers or torchrun)."""
+    import torch.distributed as dist
+
+    from torchpint.paranet.distributed import Header, ParaNetWorker
+
+    rank = dist.get_rank()
+    net = build_paranet(cfg)
+    if cfg.device == "cuda":
+        net.to(torch.device("cuda", torch.cuda.current_device()))
+    path = Path(run_dir)
+    if rank == 0:
+        total = count_parameters(net)
+        hub = ParaNetHub(net)
+        del net  # the hub keeps stem, coarse networks, head and sub-network 1 only
+        data = load_data(cfg)
+        summary = train_network(cfg, path, label, _Hub(hub, cfg), data, resume)
+        summary["params"] = total
+        return summary
+    # a worker: its sub-network, its optimizer, its checkpoint part
+    module = net.fine_subnets[rank]
+    prefix = f"fine_subnets.{rank}."
+    opt = torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if resume:
+        folder = latest_checkpoint(path)
+        if folder is not None:
+            load_into(module.state_dict(), dict(module.named_parameters()), opt, folder, rank, prefix)
+
+    def save(header: Header) -> float:
+        names = {id(p): prefix + n for n, p in module.named_parameters()}
+        state = {prefix + k: v for k, v in module.state_dict().items()}
+        write_part(_checkpoint_root(path) / f"epoch_{header.epoch:04d}", rank, state, _momentum(opt, names))
+        return 1.0
+
+    fault = cfg.fault or {}
+
+    def on_header(header: Header) -> None:
+        if (fault.get("kind") == "kill" and fault.get("rank") == rank and header.command == 1
+                and header.epoch == fault.get("epoch", 1) - 1 and header.step == fault.get("step", 0)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    worker = ParaNetWorker(net, optimizer=opt, handlers={CMD_SAVE: save}, on_header=on_header)
+    del net  # this process keeps only its sub-network
+    worker.serve()
+    return None
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,118 @@
+"""``torchpint paranet`` in-process: info, train, resume, faults and bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from torchpint.cli.main import main
+from torchpint.paranet.train import latest_checkpoint, read_parts
+
+TINY = ["--model", "resnet11-small", "--dataset", "digits", "--image-size", "8", "--max-train", "96",
+        "--max-test", "64", "--batch-size", "32", "--balance", "flops", "--no-progress"]  # fmt: skip
+
+
+def _train(out, *extra) -> int:
+    return main(["paranet", "train", *TINY, "--out", str(out), *extra])
+
+
+def test_info_prints_split_shapes_and_counts(capsys) -> None:
+    assert main(["paranet", "info", "--model", "resnet20-small", "--subnets", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "split points" in text and "(16, 32, 32)" in text and "coarse/sub" in text and "balance by flops" in text
+    assert main(["paranet", "info", "--model", "mlp", "--depth", "4", "--subnets", "2", "--K", "2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["subnets"] == 2 and info["iterations"] == 2 and info["input_shape"] == [64]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--subnets", "9"], "larger than the model's 3 blocks"),
+        (["--subnets", "0"], "--subnets must be >= 1"),
+        (["--K", "0"], "--K must be >= 1"),
+        (["--model", "resnet12"], "depth must be 9n+2"),
+        (["--model", "alexnet"], "unknown model 'alexnet'"),
+        (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+        (["--nproc", "3"], "--nproc must be 1"),
+        (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, capsys, args, message) -> None:
+    assert _train(tmp_path / "run", "--epochs", "1", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("torchpint: error:") and message in err, err
+    assert main(["paranet", "info", "--model", "resnet11-small", "--subnets", "4"]) == 2
+    assert "larger than the model's 3 blocks" in capsys.readouterr().err
+
+
+def test_train_compare_writes_metrics_csv_and_curves(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert _train(out, "--epochs", "2", "--compare") == 0
+    text = capsys.readouterr().out
+    assert "original" in text and "parareal N=2 K=1" in text and "coarse-network overhead" in text
+    results = json.loads((out / "metrics.json").read_text())
+    assert set(results["runs"]) == {"paranet", "original"}
+    assert len(results["runs"]["paranet"]["history"]) == 2
+    assert results["runs"]["paranet"]["params"] > results["runs"]["original"]["params"]
+    assert "speedup_per_epoch" in results["comparison"]
+    assert (out / "metrics.csv").read_text().count("\n") == 5
+    assert (out / "curves.png").stat().st_size > 1000
+    # an existing run is not overwritten by accident
+    assert _train(out, "--epochs", "2") == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_continues_exactly(tmp_path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _train(straight, "--epochs", "3") == 0
+    assert _train(split, "--epochs", "3", "--inject-fault", "nan:2:1") == 1  # stops in epoch 2 ...
+    assert latest_checkpoint(split / "paranet").name == "epoch_0001"  # ... keeping epoch 1
+    assert _train(split, "--epochs", "3", "--resume") == 0
+    a = json.loads((straight / "metrics.json").read_text())["runs"]["paranet"]["history"]
+    b = json.loads((split / "metrics.json").read_text())["runs"]["paranet"]["history"]
+    for ha, hb in zip(a, b, strict=True):
+        assert {k: v for k, v in ha.items() if "seconds" not in k} == {k: v for k, v in hb.items() if "seconds" not in k}
+    sa, ma, _ = read_parts(latest_checkpoint(straight / "paranet"))
+    sb, mb, _ = read_parts(latest_checkpoint(split / "paranet"))
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+    for name in ma:
+        assert torch.equal(ma[name], mb[name]), name
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert _train(out, "--epochs", "2", "--inject-fault", "nan:2:1") == 1
+    err = capsys.readouterr().err
+    assert "loss became nan at epoch 2, step 1" in err and "epoch_0001" in err and "--resume" in err, err
+    assert latest_checkpoint(out / "paranet").name == "epoch_0001"
+
+
+def test_distributed_run_killed_worker_and_resume(tmp_path, capfd) -> None:
+    """2 processes: a worker killed mid-epoch stops the run within seconds; --resume finishes it.
+
+    The resumed distributed run matches the one-process run to rounding.
+    """
+    out, ref = tmp_path / "dist", tmp_path / "one"
+    start = time.monotonic()
+    assert _train(out, "--epochs", "2", "--nproc", "2", "--inject-fault", "kill:2:2:1") == 1
+    elapsed = time.monotonic() - start
+    err = capfd.readouterr().err
+    assert "worker 1 of 2 died" in err, err
+    assert elapsed < 60
+    assert latest_checkpoint(out / "paranet").name == "epoch_0001"
+    assert _train(out, "--epochs", "2", "--nproc", "2", "--resume") == 0
+    assert "resumed from" in capfd.readouterr().out
+    assert _train(ref, "--epochs", "2") == 0
+    a = json.loads((out / "metrics.json").read_text())["runs"]["paranet"]["history"]
+    b = json.loads((ref / "metrics.json").read_text())["runs"]["paranet"]["history"]
+    assert [h["epoch"] for h in a] == [1, 2]
+    for ha, hb in zip(a, b, strict=True):
+        for key in ("train_loss", "test_loss"):
+            assert ha[key] == pytest.approx(hb[key], rel=1e-4)
+    parts = sorted(p.name for p in latest_checkpoint(out / "paranet").glob("part*.pt"))
+    assert parts == ["part0.pt", "part1.pt"]

@@ -1,0 +1,199 @@
+"""ParaNet construction, the parareal forward pass, shapes, splitting and bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from torchpint.models import mlp, preact_resnet, resnet1d, vgg16
+from torchpint.paranet import ParaNet, balanced_split
+from torchpint.paranet.net import active_iterations
+
+CASES = [
+    ("resnet", lambda: preact_resnet(20, base_width=4), (3, 8, 8)),
+    ("vgg", lambda: vgg16(width=8), (3, 32, 32)),
+    ("resnet1d", lambda: resnet1d(num_blocks=5, channels=8), (1, 40)),
+    ("mlp", lambda: mlp(12, hidden=8, depth=5), (12,)),
+]
+
+
+def _randomize_coarse(net: ParaNet) -> None:
+    """New coarse networks start as their shortcut; perturb them so that they really differ from F."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.coarse_nets.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize(("name", "make", "shape"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_k_equal_n_reproduces_the_torn_network(name, make, shape, n) -> None:
+    torch.manual_seed(0)
+    original = make()
+    x = torch.randn(4, *shape)
+    original.eval()
+    with torch.no_grad():
+        expected = original(x)
+    net = ParaNet(original, n, input_shape=shape, iterations=n)
+    _randomize_coarse(net)
+    for training in (False, True):  # eval first: train mode moves the batch-norm statistics
+        net.train(training)
+        with torch.no_grad():
+            torn = net.forward_torn(x)
+            out = net(x)
+        if not training:
+            torch.testing.assert_close(torn, expected, rtol=0, atol=0)  # the torn network is the original
+        torch.testing.assert_close(out, torn, rtol=1e-5, atol=1e-5 * float(torn.abs().max()))
+
+
+def test_k1_is_the_formula_of_methods_section_4() -> None:
+    """u_j = C_j(u_{j-1}); y_j = F_j(u_{j-1}); lam_j = y_j + C_j(lam_{j-1}) - C_j(u_{j-1}); Q(lam_N)."""
+    torch.manual_seed(0)
+    net = ParaNet(preact_resnet(20, base_width=4), 3, input_shape=(3, 8, 8)).eval()
+    _randomize_coarse(net)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        f, c = net.fine_subnets, net.coarse_nets
+        u = [net.stem(x)]
+        for j in range(1, 3):
+            u.append(c[j - 1](u[j - 1]))
+        y = [f[j](u[j]) for j in range(3)]
+        lam = [u[0]]
+        for j in range(1, 4):
+            lam.append(y[j - 1] + c[j - 1](lam[j - 1]) - c[j - 1](u[j - 1]))
+        expected = net.head(lam[3])
+        torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_k_iterations_converge_to_the_torn_network() -> None:
+    torch.manual_seed(0)
+    net = ParaNet(mlp(12, hidden=8, depth=6), 4, input_shape=(12,))
+    _randomize_coarse(net)
+    x = torch.randn(8, 12)
+    errors = []
+    with torch.no_grad():
+        torn = net.forward_torn(x)
+        for k in range(1, 5):
+            net.iterations = k
+            errors.append(float((net(x) - torn).abs().max()))
+    assert errors[-1] < 1e-5 * float(torn.abs().max())
+    assert errors[0] > 1e-3  # K = 1 really is an approximation
+
+
+def test_only_needed_sub_networks_run() -> None:
+    assert active_iterations(0, 4, 1) == [0] and active_iterations(3, 4, 1) == [0]
+    assert active_iterations(3, 4, 3) == [2] and active_iterations(0, 3, 3) == [0, 1, 2]
+    assert active_iterations(2, 3, 3) == [2]
+
+
+def test_several_devices_in_one_process_give_the_same_values() -> None:
+    torch.manual_seed(0)
+    net = ParaNet(preact_resnet(20, base_width=4), 3, input_shape=(3, 8, 8))
+    _randomize_coarse(net)
+    x = torch.randn(4, 3, 8, 8)
+    ref = net(x)
+    ref.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad()
+    net.to_devices(["cpu", "cpu", "cpu"])  # one thread per sub-network
+    assert net._pool is not None
+    out = net(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(dict(net.named_parameters())[n].grad, g, rtol=1e-5, atol=1e-5 * float(g.abs().max()))
+
+
+def test_from_sequential_with_split_points() -> None:
+    torch.manual_seed(0)
+    seq = nn.Sequential(
+        nn.Linear(6, 8), *(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(5)), nn.Linear(8, 3)
+    )
+    net = ParaNet.from_sequential(seq, [3, 5], input_shape=(6,), stem=1, head=1, iterations=3)
+    assert net.bounds == [0, 2, 4, 5]
+    assert [len(f) for f in net.fine_subnets] == [2, 2, 1]
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), seq(x), rtol=1e-5, atol=1e-6)
+
+
+def test_plain_sequential_is_all_blocks() -> None:
+    seq = nn.Sequential(*(nn.Linear(4, 4) for _ in range(4)))
+    net = ParaNet(seq, 2, input_shape=(4,), balance="blocks")
+    assert net.bounds == [0, 2, 4]
+
+
+def test_shape_mismatch_names_the_sub_network_and_both_shapes() -> None:
+    from torchpint.paranet import ConvCoarse
+
+    def wrong(in_shape, out_shape):  # right for sub-network 1, keeps the input shape elsewhere
+        return ConvCoarse(in_shape, out_shape) if in_shape[0] == 4 else nn.Identity()
+
+    with pytest.raises(ValueError) as err:
+        ParaNet(preact_resnet(20, base_width=4), 3, input_shape=(3, 8, 8), split_points=[2, 4], coarse=wrong)
+    msg = str(err.value)
+    assert "sub-network 2 (blocks 2..3)" in msg and "to (32, 4, 4)" in msg and "to (16, 8, 8)" in msg, msg
+    seq = nn.Sequential(nn.Linear(4, 4), nn.Linear(5, 4))
+    with pytest.raises(ValueError, match=r"block 1 cannot take input of shape \(4,\)"):
+        ParaNet(seq, 2, input_shape=(4,))
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "match"),
+    [(0, 1, "N must be >= 1"), (-2, 1, "N must be >= 1"), (7, 1, "larger than the model's 6 blocks"), (2, 0, "K must be >= 1")],
+)
+def test_bad_n_and_k(n, k, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        ParaNet(preact_resnet(20, base_width=4), n, input_shape=(3, 8, 8), iterations=k)
+
+
+def test_bad_split_points_and_balance() -> None:
+    make = lambda: preact_resnet(20, base_width=4)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ParaNet(make(), 3, input_shape=(3, 8, 8), split_points=[3, 3])
+    with pytest.raises(ValueError, match="need 2 split points"):
+        ParaNet(make(), 3, input_shape=(3, 8, 8), split_points=[3])
+    with pytest.raises(ValueError, match="unknown balance"):
+        ParaNet(make(), 3, input_shape=(3, 8, 8), balance="magic")
+
+
+def test_balanced_split_is_optimal() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        n = int(torch.randint(1, 9, (1,), generator=gen))
+        g = int(torch.randint(1, n + 1, (1,), generator=gen))
+        costs = torch.rand(n, generator=gen).tolist()
+        bounds = balanced_split(costs, g)
+        assert len(bounds) == g + 1 and bounds[0] == 0 and bounds[-1] == n
+        assert all(a < b for a, b in itertools.pairwise(bounds))
+        got = max(sum(costs[a:b]) for a, b in itertools.pairwise(bounds))
+        best = min(
+            max(sum(costs[a:b]) for a, b in zip((0, *cuts), (*cuts, n)))
+            for cuts in itertools.combinations(range(1, n), g - 1)
+        )
+        assert got == pytest.approx(best)
+    assert balanced_split([1] * 7, 3) == [0, 2, 4, 7]  # ties leave the hub's first group lighter
+
+
+def test_balance_by_flops_params_and_time_and_the_report() -> None:
+    shape = (3, 32, 32)
+    by_flops = ParaNet(vgg16(width=8), 3, input_shape=shape, balance="flops")
+    by_params = ParaNet(vgg16(width=8), 3, input_shape=shape, balance="params")
+    # VGG's parameters sit at the end, its FLOPs at the start: the splits differ
+    assert by_flops.bounds != by_params.bounds
+    assert by_params.balance().measure == "params"
+    assert by_flops.balance().imbalance <= ParaNet(vgg16(width=8), 3, input_shape=shape, balance="blocks").balance(
+        "flops").imbalance + 1e-9
+    by_time = ParaNet(preact_resnet(20, base_width=4), 2, input_shape=(3, 8, 8), balance="time")
+    assert by_time.balance().measure == "time" and by_time.balance().imbalance >= 1.0
+    info = by_flops.info()
+    assert info["split_points"] == by_flops.bounds[1:-1]
+    assert info["balance"]["measure"] == "flops" and len(info["balance"]["shares"]) == 3
+    assert [s["in_shape"] for s in info["subnetworks"]] == [list(s) for s in by_flops.interface_shapes[:-1]]
+    assert all(0 < s["coarse_flop_fraction"] < 0.2 for s in info["subnetworks"])
+    assert info["total_params"] == sum(p.numel() for p in by_flops.parameters())
+    text = by_flops.format_info()
+    assert "split points" in text and "balance by flops" in text and "coarse/sub" in text
