@@ -34,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_demo(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     config = SolveConfig(
-        problem="heat1d", nt=257, nx=257, levels=4, cf=[2], relax="FCF", cycle="V",
+        problem="heat1d", nt=1025, nx=1025, levels=5, cf=[4], relax="FCF", cycle="V",
         nested=False, tol=1e-9, max_iter=30, verbose=True,
     )
     print(f"[engine] heat equation, MGRIT over {nproc} processes: nt={config.nt}, nx={config.nx}, "
-          f"{config.levels} levels, cf=2, FCF, V-cycle", flush=True)
+          f"{config.levels} levels, cf=4, FCF, V-cycle", flush=True)
     parallel = run_workers(solve_worker, nproc, (config,))[0]
     config.verbose = False
     serial = solve_worker(config)
@@ -54,7 +54,7 @@ def engine_demo(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     lines = [
         "## 1. Engine: heat equation with MGRIT, time-parallel",
         "",
-        (f"`Heat1D` (PyMGRIT's discretisation), nt={config.nt}, nx={config.nx}, 4 levels, cf=2, FCF, V-cycle, "
+        (f"`Heat1D` (PyMGRIT's discretisation), nt={config.nt}, nx={config.nx}, 5 levels, cf=4, FCF, V-cycle, "
          f"tol=1e-9, over {nproc} processes (torch.distributed, gloo) and over 1."),
         "",
         *rows,

@@ -61,21 +61,6 @@ class SerialComm:
         return [local]
 
 
-def _spin_wait(work: dist.Work | None) -> None:
-    """Wait for a message by polling instead of sleeping.
-
-    A blocking wait puts the process to sleep, and on small virtual machines waking it up
-    again can cost a scheduler tick (milliseconds): MGRIT has a handful of waits per level and
-    iteration, so that tick, not the data, dominated two-process runs.  Each rank has its own
-    core, so polling costs nothing that another rank could use.
-    """
-    if work is None:
-        return
-    while not work.is_completed():
-        pass
-    work.wait()
-
-
 class DistComm:
     """Exchanges over a ``torch.distributed`` process group."""
 
@@ -118,7 +103,7 @@ class DistComm:
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         buffer = value.detach().to(self.device, torch.float64).clone()
-        _spin_wait(dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group, async_op=True))
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group)
         return buffer.to(value.device)
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
