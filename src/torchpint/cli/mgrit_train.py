@@ -24,8 +24,8 @@ from typing import Any
 from torchpint.training.errors import DivergenceError, NonFiniteWeightsError
 from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
-from torchpint.training.serial import serial_train, torch_optim_train
 from torchpint.training.problem import level_learning_rate
+from torchpint.training.serial import serial_train, torch_optim_train
 from torchpint.training.solver import max_difference, memory_estimate, plan_levels, train_mgrit
 from torchpint.training.speedup import calibrate, level_steps, potential_speedup, predict_seconds
 from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, accuracy, build_task, digits_data
@@ -109,7 +109,7 @@ def solve_case(spec: TaskSpec, nproc: int = 1, *, predict: bool = True, quiet: b
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     mem = memory_estimate(task, options, nproc)
     check_limit(mem, options.max_memory)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))  # noqa: E731
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     levels = plan_levels(task.steps, options)
     lrs = [level_learning_rate(task.update.lr, lvl, options.growth, options.lr_max) for lvl in range(levels)]
     say(f"torchpint mgrit-train {spec.task}: N={task.steps} steps, solver {spec.solver}, {options.cycle} "
@@ -180,9 +180,9 @@ def paper_table(number: int, max_n: int = 6400, nproc: int = 1, *, quiet: bool =
                 base: TaskSpec | None = None) -> dict[str, Any]:
     """Rerun paper table ``number`` for N <= max_n; paper vs measured, side by side."""
     table = PAPER_TABLES[number]
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))  # noqa: E731
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     base = base or TaskSpec()
-    rows = []
+    rows: list[dict[str, Any]] = []
     say(f"paper table {number}: {table.title}")
     header = (f"{'N':>6} | {'paper it/rho':>12} | {'ours it/rho':>11} | {'d it':>4} | {'max |w-w_ser|':>13} | "
               f"{'levels':>6} | {'pot. speedup':>12} | {'MGRIT s':>8} | {'serial s':>8}")

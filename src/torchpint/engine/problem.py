@@ -20,7 +20,7 @@ larger learning rate when the "time steps" are training steps).
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -31,7 +31,8 @@ from torchpint.engine.state import State, length, stack, take
 class Problem(Protocol):
     """One time step of a problem: ``u(t_stop)`` from ``u(t_start)``."""
 
-    def step(self, u: State, t_start: float, t_stop: float) -> State: ...
+    # ``Any``: a concrete problem narrows the state type (a Tensor, a dict of tensors, ...).
+    def step(self, u: Any, t_start: float, t_stop: float) -> Any: ...
 
 
 def step_batch(problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.Tensor) -> State:

@@ -38,6 +38,7 @@ from torchpint.training.tasks import TaskSpec, build_task
 
 __all__ = [
     "CYCLES",
+    "SGD",
     "Adam",
     "BatchSchedule",
     "DivergenceError",
@@ -47,7 +48,6 @@ __all__ = [
     "MemoryLimitError",
     "Monitor",
     "NonFiniteWeightsError",
-    "SGD",
     "SerialResult",
     "StepCost",
     "TaskSpec",

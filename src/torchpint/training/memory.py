@@ -12,7 +12,7 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
 
 
-def parse_memory(text: str | int | float) -> int:
+def parse_memory(text: str | float) -> int:
     """``"512M"``, ``"2GB"``, ``"1.5GiB"``, or a number of bytes."""
     if isinstance(text, (int, float)):
         value = int(text)

@@ -104,7 +104,10 @@ class BatchSchedule:
         if drop_last and batch_size > n:
             raise TrainingConfigError(f"batch size {batch_size} > {n} examples with drop_last")
         generator = torch.Generator().manual_seed(seed)
-        loader = DataLoader(range(n), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
+        # A range is a perfectly good map-style data set for index batches.
+        loader: DataLoader[int] = DataLoader(
+            range(n), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator  # type: ignore[arg-type]
+        )
         batches: list[Tensor] = []
         while len(batches) < steps:
             for idx in loader:

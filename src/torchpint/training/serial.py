@@ -46,7 +46,7 @@ def torch_optim_train(task: TrainingTask, keep: str = "last") -> SerialResult:
     model = copy.deepcopy(task.model)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     optimizer = task.update.to_torch(params)
-    flat = lambda: torch.cat([p.detach().reshape(-1) for p in params]).clone()  # noqa: E731
+    flat = lambda: torch.cat([p.detach().reshape(-1) for p in params]).clone()
     weights = [flat()] if keep == "all" else None
     warm = copy.deepcopy(model)  # warm-up on a copy: the first backward of a process is slow
     x, y = task.schedule.batch(0)

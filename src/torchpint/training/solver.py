@@ -309,7 +309,7 @@ def train_mgrit(
                 [r0, *residuals],
             )
 
-    kwargs = dict(relax=options.relax, cycle="V" if options.cycle == "two-level" else options.cycle, nested=False,
+    kwargs: dict[str, Any] = dict(relax=options.relax, cycle="V" if options.cycle == "two-level" else options.cycle, nested=False,
                   tol=tol, max_iter=options.max_iter, comm=comm, store=options.store, gather=True,
                   callback=on_iteration)
     t = torch.arange(n + 1, dtype=torch.float64)

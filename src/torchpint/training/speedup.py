@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +118,6 @@ def calibrate(task: TrainingTask, max_batch: int, repeats: int = 3, chunk: int |
     return StepCost(sizes, seconds, single)
 
 
-def predict_seconds(calls: dict[int, Sequence[int]], cost: StepCost, nproc: int) -> float:
+def predict_seconds(calls: Mapping[int, Sequence[int]], cost: StepCost, nproc: int) -> float:
     """Critical-path seconds of the recorded batched calls with ``nproc`` processes."""
     return sum(cost(max(1, -(-b // nproc))) for sizes in calls.values() for b in sizes)

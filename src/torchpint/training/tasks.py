@@ -148,7 +148,7 @@ def addition_data(n: int, seed: int) -> tuple[Tensor, Tensor]:
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2**11, size=n)
     b = rng.integers(0, 2**11, size=n)
-    bits = lambda v: ((v[:, None] >> np.arange(11, -1, -1)) & 1).astype(np.float64)  # noqa: E731
+    bits = lambda v: ((v[:, None] >> np.arange(11, -1, -1)) & 1).astype(np.float64)
     x = np.concatenate([bits(a), bits(b)], axis=1)
     y = bits(a + b)
     return torch.from_numpy(x), torch.from_numpy(y)
@@ -182,7 +182,7 @@ def build_task(spec: TaskSpec) -> tuple[TrainingTask, MGRITOptions]:
     if spec.task == "xor":
         x = torch.tensor(XOR_INPUTS, dtype=torch.float64)
         y = torch.tensor(XOR_TARGETS, dtype=torch.float64).unsqueeze(1)
-        model = SigmoidNet(xor_weights())
+        model: nn.Module = SigmoidNet(xor_weights())
         loss = half_sse
         schedule = (BatchSchedule.serialized(x, y, spec.steps, spec.batch or 1, offset) if serialized
                     else BatchSchedule.full_batch(x, y, spec.steps))
