@@ -13,8 +13,13 @@ def plot_residuals(histories: Mapping[str, Sequence[float]], path: str, title: s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, residuals in histories.items():
-        ax.semilogy(range(1, len(residuals) + 1), [max(r, 1e-300) for r in residuals], "o-", label=label)
+    # Identical histories are the point of most of these plots: vary marker and dash so that
+    # lines lying on top of each other stay visible.
+    styles = [("o", "-", 7), ("s", "--", 5), ("^", ":", 4), ("x", "-.", 6)]
+    for i, (label, residuals) in enumerate(histories.items()):
+        marker, dash, size = styles[i % len(styles)]
+        ax.semilogy(range(1, len(residuals) + 1), [max(r, 1e-300) for r in residuals],
+                    marker=marker, linestyle=dash, markersize=size, label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("space-time residual (2-norm)")
     ax.set_title(title)
