@@ -8,6 +8,8 @@ over C-intervals: one batched step per offset inside the interval.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torchpint.engine.level import Level, cat_points
 from torchpint.engine.state import State, axpby, put, stack, sub, take
 
@@ -82,11 +84,30 @@ def point_images(
     return slice(start, n, m), step(prev, lo + start - 1, count, m)
 
 
-def c_relax(level: Level, weight: float = 1.0) -> None:
-    """Update every C-point from the F-point before it; ``weight != 1`` under/over-relaxes."""
+Images = tuple[slice, State]
+
+
+@dataclass(frozen=True)
+class Cached:
+    """``point_images(level, level.u)`` computed earlier for the same ``u``.
+
+    ``images`` is None on a rank without targets.  Whether a cache is used must be decided
+    alike on every rank (the halo exchange it saves involves two of them), hence this wrapper
+    rather than a plain optional value.
+    """
+
+    images: Images | None
+
+
+def c_relax(level: Level, weight: float = 1.0, cached: Cached | None = None) -> None:
+    """Update every C-point from the F-point before it; ``weight != 1`` under/over-relaxes.
+
+    ``cached``: the images for the current ``u`` if the caller already has them (the residual
+    of the previous iteration), saving a sweep of steps and a halo message.
+    """
     assert level.u is not None
     with level.timer.phase("c_relax"):
-        images = point_images(level, level.u)
+        images = point_images(level, level.u) if cached is None else cached.images
         if images is None:
             return
         where, new = images
@@ -95,10 +116,10 @@ def c_relax(level: Level, weight: float = 1.0) -> None:
         put(level.u, where, new)
 
 
-def c_residual(level: Level) -> tuple[slice, State] | None:
-    """``g_c + Phi(u_{c-1}) - u_c`` at the local C-points ``c >= 1``."""
+def c_residual(level: Level, cached: Cached | None = None) -> tuple[slice, State] | None:
+    """``g_c + Phi(u_{c-1}) - u_c`` at the local C-points ``c >= 1`` (from ``cached`` if given)."""
     assert level.u is not None
-    images = point_images(level, level.u)
+    images = point_images(level, level.u) if cached is None else cached.images
     if images is None:
         return None
     where, new = images

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from torchpint.engine.level import Level
-from torchpint.engine.relax import c_residual, point_images
+from torchpint.engine.relax import Cached, c_residual, point_images
 from torchpint.engine.state import add, clone, put, sub, take, tree_map
 
 
@@ -26,11 +26,14 @@ def c_slice(level: Level) -> slice:
     return slice(first, layout.n_local, layout.m)
 
 
-def restrict(fine: Level, coarse: Level) -> None:
-    """Inject the fine approximation and build the coarse FAS right-hand side."""
+def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
+    """Inject the fine approximation and build the coarse FAS right-hand side.
+
+    ``cached``: the fine level's ``point_images`` for its current ``u``, if the caller has them.
+    """
     assert fine.u is not None
     with fine.timer.phase("restrict"):
-        residual = c_residual(fine)
+        residual = c_residual(fine, cached)
         coarse.v = clone(take(fine.u, c_slice(fine)))
         coarse.u = clone(coarse.v)
         coarse.g = tree_map(torch.zeros_like, coarse.v)
