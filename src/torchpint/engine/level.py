@@ -68,15 +68,8 @@ class Level:
         receiver at its ``lo`` (the same index), so a message is posted exactly when the other
         side waits for it.  Sends are non-blocking and always go forward in time: no deadlock.
         """
-        layout = self.layout
-        nxt = layout.next_owner()
-        with self.timer.phase("comm"):
-            if nxt is not None and needs(layout.hi):
-                self.comm.send(take(values, layout.n_local - 1), nxt)
-            prev = layout.prev_owner()
-            if prev is not None and needs(layout.lo):
-                return self.comm.recv(self.template, prev)
-        return None
+        self.send_last(values, needs)
+        return self.recv_halo(needs)
 
     def send_last(self, values: State, needs: Callable[[int], bool]) -> None:
         """The sending half of :meth:`halo` (for exchanges that must wait for local work)."""
