@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also train the serial network and compare (default on)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
     train.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last epoch checkpoint (same options)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -60,7 +62,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cf=args.cf, relax=args.relax, cycle=args.cycle, nested=args.nested, fwd_max_iter=args.fwd_max_iter,
         bwd_max_iter=args.bwd_max_iter, fwd_tol=args.fwd_tol, bwd_tol=args.bwd_tol, epochs=args.epochs,
         batch=args.batch, lr=args.lr, momentum=args.momentum, seed=args.seed, dtype=args.dtype, nproc=args.nproc,
-        progress=args.progress,
+        progress=args.progress, checkpoint_dir=str(Path(args.out) / "checkpoints"), resume=args.resume,
     )
 
 

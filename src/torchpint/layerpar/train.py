@@ -11,10 +11,12 @@ history and the final parameters (rank 0).  ``train_serial(config)`` trains the 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,8 @@ class TrainConfig:
     dtype: str = "float64"
     nproc: int = 1
     progress: bool = True
+    checkpoint_dir: str | None = None  # a checkpoint per rank after every epoch
+    resume: bool = False  # continue from the checkpoints in checkpoint_dir
 
     def validate(self) -> None:
         """Everything that can be checked before a worker starts; ValueError with the reason."""
@@ -140,9 +144,16 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
     x_test = x_test.to(dtype)
     history: list[dict[str, Any]] = []
     losses: list[float] = []
-    start = time.perf_counter()
-    batches = 0
-    for epoch in range(1, config.epochs + 1):
+    batches, first_epoch, elapsed = 0, 1, 0.0
+    checkpoint = _checkpoint_path(config, net.rank)
+    if config.resume:
+        state = _load_checkpoint(checkpoint, net, optimizer)
+        history, losses, batches, elapsed = state["history"], state["losses"], state["batches"], state["seconds"]
+        first_epoch = state["epoch"] + 1
+        if lead and config.progress:
+            print(f"  resumed from {config.checkpoint_dir} after epoch {state['epoch']}", flush=True)
+    start = time.perf_counter() - elapsed
+    for epoch in range(first_epoch, config.epochs + 1):
         fwd_iters, bwd_iters, correct, seen, epoch_loss = [], [], 0, 0, 0.0
         bar = _progress(_loader(data, config), f"layer-parallel epoch {epoch}/{config.epochs}", config.progress and lead)
         for xb, yb in bar:
@@ -176,6 +187,11 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
             print(f"  layer-parallel epoch {epoch}: loss {h['train_loss']:.4f}, train acc {h['train_accuracy']:.4f}, "
                   f"test acc {test_acc:.4f}, MGRIT iterations fwd {h['forward_iterations_mean']:.2f} "
                   f"bwd {h['backward_iterations_mean']:.2f}", flush=True)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, net, optimizer, {
+                "epoch": epoch, "history": history, "losses": losses, "batches": batches,
+                "seconds": time.perf_counter() - start,
+            })
     seconds = time.perf_counter() - start
     net.gather_parameters()
     result: dict[str, Any] = {"rank": net.rank, "owned_layers": [net.owned_layers.start, net.owned_layers.stop]}
@@ -189,6 +205,38 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
             "state": {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()},
         })
     return result
+
+
+def _checkpoint_path(config: TrainConfig, rank: int) -> Path | None:
+    return None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / f"rank{rank}.pt"
+
+
+def _owned_state(net: LayerParallel) -> dict[str, torch.Tensor]:
+    """This rank's own parameters by name (the other ranks' layers are stale copies here)."""
+    owned = {id(p) for p in net.local_parameters()}
+    return {name: p.detach().clone() for name, p in net.named_parameters() if id(p) in owned}
+
+
+def _save_checkpoint(path: Path, net: LayerParallel, optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
+    """Write atomically (temporary file, then rename): a run killed mid-write keeps the previous epoch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"params": _owned_state(net), "optimizer": optimizer.state_dict(), **extra}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path | None, net: LayerParallel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    if path is None:
+        raise ConfigError("--resume needs a checkpoint folder (--out of the run to continue)")
+    if not path.exists():
+        raise ConfigError(f"nothing to resume: {path} does not exist (was the run started with the same --nproc?)")
+    state = torch.load(path, weights_only=False)
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    return state
 
 
 def train_serial(config: TrainConfig) -> dict[str, Any]:
