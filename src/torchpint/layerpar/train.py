@@ -133,6 +133,18 @@ def _accuracy(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor) -> floa
         return float((model(x).argmax(1) == y).double().mean())
 
 
+def _sgd_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor | None, y: torch.Tensor
+) -> tuple[float, int]:
+    """One training step (the same for the layer-parallel and the serial network): loss, hits."""
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int((out.argmax(1) == y).sum())
+
+
 def train_worker(config: TrainConfig) -> dict[str, Any]:
     """Layer-parallel training on this rank (call on every rank); rank 0 returns the history."""
     data = load_data(config)
@@ -157,19 +169,15 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
         fwd_iters, bwd_iters, correct, seen, epoch_loss = [], [], 0, 0, 0.0
         bar = _progress(_loader(data, config), f"layer-parallel epoch {epoch}/{config.epochs}", config.progress and lead)
         for xb, yb in bar:
-            out = net(xb.to(dtype) if lead else None)
-            loss = F.cross_entropy(out, yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            value, hits = _sgd_step(net, optimizer, xb.to(dtype) if lead else None, yb)
             batches += 1
-            losses.append(float(loss.detach()))
-            epoch_loss += float(loss.detach()) * len(yb)
-            correct += int((out.argmax(1) == yb).sum())
+            losses.append(value)
+            epoch_loss += value * len(yb)
+            correct += hits
             seen += len(yb)
             fwd_iters.append(net.last_stats["forward"]["iterations"])
             bwd_iters.append(net.last_stats["backward"]["iterations"])
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", fwd_it=fwd_iters[-1], bwd_it=bwd_iters[-1])
+            bar.set_postfix(loss=f"{value:.3f}", fwd_it=fwd_iters[-1], bwd_it=bwd_iters[-1])
         test_acc = _accuracy(net, x_test if lead else None, y_test)
         history.append({
             "epoch": epoch,
@@ -254,15 +262,11 @@ def train_serial(config: TrainConfig) -> dict[str, Any]:
     for epoch in range(1, config.epochs + 1):
         correct, seen, epoch_loss = 0, 0, 0.0
         for xb, yb in _progress(_loader(data, config), f"serial epoch {epoch}/{config.epochs}", config.progress):
-            out = model(xb.to(dtype))
-            loss = F.cross_entropy(out, yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            value, hits = _sgd_step(model, optimizer, xb.to(dtype), yb)
             batches += 1
-            losses.append(float(loss.detach()))
-            epoch_loss += float(loss.detach()) * len(yb)
-            correct += int((out.argmax(1) == yb).sum())
+            losses.append(value)
+            epoch_loss += value * len(yb)
+            correct += hits
             seen += len(yb)
         history.append({"epoch": epoch, "train_loss": epoch_loss / seen, "train_accuracy": correct / seen,
                         "test_accuracy": _accuracy(model, x_test, y_test), "seconds": time.perf_counter() - start})
