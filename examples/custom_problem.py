@@ -6,18 +6,16 @@
 import torch
 
 from torchpint import MGRIT, Parareal, time_grid
+from torchpint.engine import BatchedProblem
 
 
-class Oscillator:
+class Oscillator(BatchedProblem):
     """x'' = -x - 0.1 x' as a first-order system; implicit midpoint rule; state (x, v)."""
 
     A = torch.tensor([[0.0, 1.0], [-1.0, -0.1]], dtype=torch.float64)
 
     def initial_value(self) -> torch.Tensor:
         return torch.tensor([1.0, 0.0], dtype=torch.float64)
-
-    def step(self, u: torch.Tensor, t_start: float, t_stop: float) -> torch.Tensor:
-        return self.step_batch(u[None], torch.tensor([t_start]), torch.tensor([t_stop]))[0]
 
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
         # All intervals of a relaxation sweep in one call: a batch of 2x2 solves.

@@ -4,11 +4,12 @@ from torchpint.engine.comm import Comm, DistComm, ReversedComm, SerialComm, defa
 from torchpint.engine.grid import GridError
 from torchpint.engine.mgrit import MGRIT, ConfigError, NonFiniteError, parse_relax, time_grid
 from torchpint.engine.parareal import Parareal
-from torchpint.engine.problem import Problem, step_batch
+from torchpint.engine.problem import BatchedProblem, Problem, step_batch
 from torchpint.engine.result import SolveResult
 
 __all__ = [
     "MGRIT",
+    "BatchedProblem",
     "Comm",
     "ConfigError",
     "DistComm",

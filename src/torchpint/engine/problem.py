@@ -44,3 +44,19 @@ def step_batch(problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.
     return stack(
         [problem.step(take(u, i), float(t_start[i]), float(t_stop[i])) for i in range(n)]
     )
+
+
+class BatchedProblem:
+    """Base for problems written batch-first: ``step`` is ``step_batch`` on a batch of one.
+
+    Subclasses implement ``step_batch`` on a tensor state; the single step then needs no
+    second implementation that could drift from the batched one.
+    """
+
+    def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, u: torch.Tensor, t_start: float, t_stop: float) -> torch.Tensor:
+        t0 = torch.tensor([t_start], dtype=torch.float64)
+        t1 = torch.tensor([t_stop], dtype=torch.float64)
+        return self.step_batch(u.unsqueeze(0), t0, t1)[0]

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 
+from torchpint.engine.problem import BatchedProblem
+
 STEP_MODES = ("auto", "vmap", "loop")
 
 
@@ -140,7 +142,7 @@ def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
-class ForwardProblem:
+class ForwardProblem(BatchedProblem):
     """``x_{k+1} = x_k + H f_k(x_k)`` with ``k = round(t_start / h)`` (coarse: layer of the coarse point)."""
 
     def __init__(self, bank: LayerBank, h: float, tracker: FiniteTracker) -> None:
@@ -161,13 +163,8 @@ class ForwardProblem:
         self.tracker.record(first, span, u, out)
         return out
 
-    def step(self, u: torch.Tensor, t_start: float, t_stop: float) -> torch.Tensor:
-        t0 = torch.tensor([t_start], dtype=torch.float64)
-        t1 = torch.tensor([t_stop], dtype=torch.float64)
-        return self.step_batch(u.unsqueeze(0), t0, t1)[0]
 
-
-class AdjointProblem:
+class AdjointProblem(BatchedProblem):
     """``lambda_k = lambda_{k+M} + M h J_{f_k}(x_k)^T lambda_{k+M}`` in reversed time ``s = L - k``.
 
     ``states`` holds this rank's forward solution at the points ``first_point, first_point + 1, ...``
@@ -195,8 +192,3 @@ class AdjointProblem:
         out = u + _column(span.to(torch.float64) * self.h, u) * jt
         self.tracker.record(layer, span, u, out)
         return out
-
-    def step(self, u: torch.Tensor, t_start: float, t_stop: float) -> torch.Tensor:
-        t0 = torch.tensor([t_start], dtype=torch.float64)
-        t1 = torch.tensor([t_stop], dtype=torch.float64)
-        return self.step_batch(u.unsqueeze(0), t0, t1)[0]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from torchpint.engine.problem import BatchedProblem
 
-class Brusselator:
+
+class Brusselator(BatchedProblem):
     def __init__(self, A: float = 1.0, B: float = 3.0, x0: float = 0.0, y0: float = 1.0) -> None:
         self.A, self.B = float(A), float(B)
         self.x0, self.y0 = float(x0), float(y0)
@@ -32,8 +34,3 @@ class Brusselator:
         k3 = self._f(u + 0.5 * h * k2)
         k4 = self._f(u + h * k3)
         return u + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-    def step(self, u: torch.Tensor, t_start: float, t_stop: float) -> torch.Tensor:
-        t0 = torch.tensor([t_start], dtype=torch.float64)
-        t1 = torch.tensor([t_stop], dtype=torch.float64)
-        return self.step_batch(u.unsqueeze(0), t0, t1)[0]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from scipy.linalg import lapack
 
+from torchpint.engine.problem import BatchedProblem
+
 Source = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InitialCondition = Callable[[torch.Tensor], torch.Tensor]
 
@@ -34,7 +36,7 @@ def default_rhs(a: float = 1.0) -> Source:
     return rhs
 
 
-class Heat1D:
+class Heat1D(BatchedProblem):
     """Backward-Euler heat equation; see the module docstring.
 
     Args:
@@ -122,14 +124,6 @@ class Heat1D:
         return self.rhs(self.x.unsqueeze(0), t.to(self.device, self.dtype).unsqueeze(1))
 
     # ---------------------------------------------------------------- the contract
-    def step(self, u: torch.Tensor, t_start: float, t_stop: float) -> torch.Tensor:
-        batch = self.step_batch(
-            u.unsqueeze(0),
-            torch.tensor([t_start], dtype=torch.float64),
-            torch.tensor([t_stop], dtype=torch.float64),
-        )
-        return batch[0]
-
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
         dt = t_stop - t_start
         source = self._source(t_stop)
