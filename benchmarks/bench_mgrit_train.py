@@ -33,6 +33,7 @@ from torchpint.training import (
     calibrate,
     max_difference,
     predict_seconds,
+    relative_difference,
     serial_train,
     torch_optim_train,
     train_mgrit,
@@ -56,6 +57,7 @@ def speedup_curve(base: TaskSpec, ns: list[int]) -> list[dict]:
         rows.append({"N": n, "iterations": result.iterations, "rho": result.rho, "levels": result.levels,
                      "converged": result.converged, "potential_speedup": result.potential_speedup,
                      "final_weight_diff_vs_serial": max_difference(result.weights, final.weights),
+                     "final_weight_rel_diff_vs_serial": relative_difference(result.weights, final.weights),
                      "seconds": result.seconds})
         print(f"  {base.task:8s} {base.cycle}-cycle N={n:6d}: {result.iterations:2d} iterations, rho {result.rho:.3f}, "
               f"{result.levels} levels, potential speedup {result.potential_speedup:6.2f}, "

@@ -212,8 +212,9 @@ def main():
         worker(args.worker)
         return
 
-    import pymgrit  # noqa: F401
     from importlib.metadata import version
+
+    import pymgrit  # noqa: F401
     records = []
     for cfg in CONFIGS:
         if cfg["name"] in MPI_RUNS:

@@ -16,9 +16,23 @@ CONFIGS = [
     SolveConfig(problem="dahlquist", nt=9, t_stop=1.0, levels=2, cf=[8], relax="FCF", tol=1e-14, max_iter=5),
     # ... and a rank owning nothing on the coarsest level, with weighted F(CF)^2 relaxation.
     SolveConfig(problem="brusselator", nt=9, t_stop=1.0, levels=3, cf=[4, 2], relax="F(CF)^2", weight_c=1.2, tol=1e-14, max_iter=8),
-    SolveConfig(problem="brusselator", nt=97, t_stop=4.0, levels=3, cf=[4, 3], relax="FCF", cycle="V", nested=False, tol=1e-12, max_iter=30),
+    SolveConfig(
+        problem="brusselator", nt=97, t_stop=4.0, levels=3, cf=[4, 3], relax="FCF", cycle="V", nested=False, tol=1e-12, max_iter=30
+    ),
     # Partial last C-intervals on every level (PyMGRIT-parity set "m_partial").
-    SolveConfig(problem="heat1d", nt=70, nx=33, levels=3, cf=[2], relax="FCF", cycle="F", nested=True, tol=1e-10, max_iter=10, allow_partial=True),
+    SolveConfig(
+        problem="heat1d", nt=70, nx=33, levels=3, cf=[2], relax="FCF", cycle="F", nested=True, tol=1e-10, max_iter=10,
+        allow_partial=True,
+    ),
+    # Only C-points kept on the intermediate levels (F-points rebuilt across rank boundaries).
+    SolveConfig(
+        problem="heat1d", nt=129, nx=33, levels=4, cf=[2, 4, 2], relax="FCF", cycle="F", nested=True, tol=1e-10,
+        max_iter=10, coarse_storage="c",
+    ),
+    SolveConfig(
+        problem="brusselator", nt=70, t_stop=4.0, levels=3, cf=[3, 2], relax="F(CF)^2", weight_c=1.2, nested=False,
+        tol=1e-12, max_iter=30, allow_partial=True, coarse_storage="c",
+    ),
 ]
 
 

@@ -1,6 +1,5 @@
 """Properties of the serial engine: exactness, convergence, options, states."""
 
-import math
 
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """The paper's XOR results (Schroder 2017, Tables): iterations within 2, weights equal serial training's."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -91,3 +92,16 @@ def test_store_c_points_only() -> None:
     assert result.t.tolist() == list(range(0, 101, 2))  # the last point, 101, is an F-point
     assert max_difference(result.weights, serial_train(task, keep="last").weights) <= 1e-8
     assert isinstance(options, MGRITOptions)
+
+
+def test_coarse_levels_keep_only_c_points_when_asked() -> None:
+    """Same iterations and weights, coarse memory down from 2 to 1.5 states per coarse point."""
+    spec = TaskSpec("xor", steps=400, solver="1", cycle="V", alpha_b=0.5)
+    task, full_options = build_task(spec)
+    lean_task, lean_options = build_task(dataclasses.replace(spec, coarse_storage="c"))
+    full, lean = train_mgrit(task, full_options), train_mgrit(lean_task, lean_options)
+    assert full.levels >= 4  # intermediate levels exist
+    assert lean.iterations == full.iterations
+    assert lean.residuals == pytest.approx(full.residuals, rel=1e-8)
+    assert max_difference(lean.weights, full.weights) <= 1e-12
+    assert lean.memory["coarse_bytes"] < 0.8 * full.memory["coarse_bytes"]

@@ -26,7 +26,7 @@ from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
 from torchpint.training.problem import level_learning_rate
 from torchpint.training.serial import serial_train, torch_optim_train
-from torchpint.training.solver import max_difference, memory_estimate, plan_levels, train_mgrit
+from torchpint.training.solver import max_difference, memory_estimate, plan_levels, relative_difference, train_mgrit
 from torchpint.training.speedup import calibrate, level_steps, potential_speedup, predict_seconds
 from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, accuracy, build_task, digits_data
 
@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", help="refuse (before allocating) when one process would need more, e.g. 2G")
     parser.add_argument("--store", choices=("all", "c"), default="all",
                         help="keep every step of the solution, or only the finest level's C-points")
+    parser.add_argument("--coarse-storage", choices=("all", "c"), default="all",
+                        help="keep every point, or only C-points, on the coarse levels between finest and coarsest")
     parser.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd", help="digits only")
     parser.add_argument("--batch", type=int, help="Solver 2 chunk / digits minibatch size")
     parser.add_argument("--train-size", type=int, default=50, help="addition: pairs in the training set")
@@ -96,6 +98,7 @@ def spec_from_args(args: argparse.Namespace) -> TaskSpec:
         tol=args.tol,
         max_memory=parse_memory(args.max_memory) if args.max_memory else None,
         store=args.store,
+        coarse_storage=args.coarse_storage,
         levels=args.levels,
         verbose=True,
     )
@@ -135,6 +138,7 @@ def solve_case(spec: TaskSpec, nproc: int = 1, *, predict: bool = True, quiet: b
         **result.summary(),
         "max_weight_diff_vs_serial": traj_diff,
         "final_weight_diff_vs_serial": final_diff,
+        "final_weight_rel_diff_vs_serial": relative_difference(result.weights, serial.weights),
         "final_weight_diff_vs_torch_optim": optim_diff,
         "serial_seconds": serial.seconds,
         "torch_optim_seconds": optim.seconds,
@@ -160,7 +164,8 @@ def _print_result(out: dict[str, Any], say: Any) -> None:
     say(f"result: {status} after {out['iterations']} iterations, rho = {out['rho']:.3f} "
         f"((||r_k||/||r_0||)^(1/k), ||r_0|| = {out['initial_residual']:.3e})")
     say(f"  max |w - w_serial| over the trajectory {out['max_weight_diff_vs_serial']:.2e}, final weights "
-        f"{out['final_weight_diff_vs_serial']:.2e} (vs torch.optim: {out['final_weight_diff_vs_torch_optim']:.2e})")
+        f"{out['final_weight_diff_vs_serial']:.2e} (relative {out['final_weight_rel_diff_vs_serial']:.1e}; "
+        f"vs torch.optim: {out['final_weight_diff_vs_torch_optim']:.2e})")
     say(f"  potential speedup (paper model, {out['sequential_phi']} sequential Phi for N={out['level_steps'][0]}): "
         f"{out['potential_speedup']:.2f}")
     line = (f"  seconds: MGRIT {out['seconds']:.3f} on {out['nproc']} process(es); serial training "
@@ -185,6 +190,7 @@ def paper_table(number: int, max_n: int = 6400, nproc: int = 1, *, quiet: bool =
     rows: list[dict[str, Any]] = []
     say(f"paper table {number}: {table.title}")
     header = (f"{'N':>6} | {'paper it/rho':>12} | {'ours it/rho':>11} | {'d it':>4} | {'max |w-w_ser|':>13} | "
+              f"{'final rel':>9} | "
               f"{'levels':>6} | {'pot. speedup':>12} | {'MGRIT s':>8} | {'serial s':>8}")
     say(header)
     say("-" * len(header))
@@ -201,6 +207,7 @@ def paper_table(number: int, max_n: int = 6400, nproc: int = 1, *, quiet: bool =
             "N": n, "paper_iterations": it_paper, "paper_rho": rho_paper, "iterations": result.iterations,
             "rho": result.rho, "converged": result.converged, "max_weight_diff_vs_serial": diff,
             "final_weight_diff_vs_serial": max_difference(result.weights, serial.weights),
+            "final_weight_rel_diff_vs_serial": relative_difference(result.weights, serial.weights),
             "levels": result.levels, "potential_speedup": result.potential_speedup,
             "paper_potential_speedup": _paper_speedup(n, it_paper, table.cycle, result.levels),
             "seconds": result.seconds, "serial_seconds": serial.seconds, "torch_optim_seconds": optim.seconds,
@@ -208,7 +215,8 @@ def paper_table(number: int, max_n: int = 6400, nproc: int = 1, *, quiet: bool =
         }
         rows.append(row)
         say(f"{n:>6} | {it_paper:>5} / {rho_paper:4.2f} | {result.iterations:>4} / {result.rho:4.2f} | "
-            f"{result.iterations - it_paper:>+4d} | {diff:13.2e} | {result.levels:>6} | {result.potential_speedup:12.2f} | "
+            f"{result.iterations - it_paper:>+4d} | {diff:13.2e} | {row['final_weight_rel_diff_vs_serial']:9.1e} | "
+            f"{result.levels:>6} | {result.potential_speedup:12.2f} | "
             f"{result.seconds:8.2f} | {optim.seconds:8.2f}")
     worst = max(abs(r["iterations"] - r["paper_iterations"]) for r in rows)
     say(f"largest difference from the paper's iteration counts: {worst} (N <= {max_n}); "

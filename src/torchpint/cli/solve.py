@@ -44,6 +44,7 @@ class SolveConfig:
     rtol: float = 0.0
     max_iter: int = 100
     allow_partial: bool = False
+    coarse_storage: str = "all"
     # problem parameters
     nx: int = 65
     x_start: float = 0.0
@@ -93,6 +94,7 @@ def build_solver(config: SolveConfig, callback: Any = None) -> MGRIT:
         callback=callback,
         partition=config.partition,
         allow_partial=config.allow_partial,
+        coarse_storage=config.coarse_storage,
         comm=ReversedComm(default_comm()) if config.reverse_ranks else None,
     )
 
@@ -136,6 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--allow-partial", action="store_true",
                         help="accept nt whose last C-interval is partial (as PyMGRIT)")
+    parser.add_argument("--coarse-storage", default="all", choices=("all", "c"),
+                        help="keep every point, or only C-points, on the intermediate coarse levels")
     parser.add_argument("--nproc", type=int, default=1, help="time-parallel processes")
     parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
     parser.add_argument("--x-start", type=float, default=0.0)
@@ -176,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
         rtol=args.rtol,
         max_iter=args.max_iter,
         allow_partial=args.allow_partial,
+        coarse_storage=args.coarse_storage,
         nx=args.nx,
         x_start=args.x_start,
         x_end=args.x_end,

@@ -15,7 +15,7 @@ import torch
 from torchpint.engine.comm import Comm
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch
-from torchpint.engine.state import State, add, take, tree_map
+from torchpint.engine.state import State, add, length, take, tree_map
 from torchpint.engine.timing import PhaseTimer
 
 
@@ -23,9 +23,11 @@ from torchpint.engine.timing import PhaseTimer
 class Level:
     """Storage and local stepping of one level.
 
-    ``u`` is the current approximation at the owned points; ``g`` the FAS right-hand side
-    (``None`` on the finest level, where it is zero); ``v`` the injected fine approximation
-    that the coarse-grid correction is measured against (coarse levels only).
+    ``u`` is the current approximation at the owned points, or, when ``c_only``, at the owned
+    C-points only: the F-points are then implicit, always the F-relaxation of the C-points,
+    and rebuilt on the fly whenever they are needed (:func:`~torchpint.engine.relax.implicit_sweep`).
+    ``g`` is the FAS right-hand side at every owned point (``None`` on the finest level, where
+    it is zero).
     """
 
     index: int
@@ -36,7 +38,7 @@ class Level:
     template: State  # one state, for receiving and for the shape of the data
     u: State | None = None
     g: State | None = None
-    v: State | None = None
+    c_only: bool = False
     steps_taken: int = field(default=0)
 
     # ------------------------------------------------------------------ stepping
@@ -49,6 +51,10 @@ class Level:
         self.steps_taken += count
         with self.timer.phase("step"):
             return step_batch(self.problem, u, t0, t1)
+
+    def stored_states(self) -> int:
+        """How many states this level holds on this rank (``u`` and ``g``)."""
+        return sum(length(x) for x in (self.u, self.g) if x is not None)
 
     def phi_plus_g(self, u: State, first: int, count: int, stride: int = 1) -> State:
         """``Phi(u) + g`` at the points that follow ``first + k*stride`` (the level's equation)."""
@@ -73,10 +79,14 @@ class Level:
 
     def send_last(self, values: State, needs: Callable[[int], bool]) -> None:
         """The sending half of :meth:`halo` (for exchanges that must wait for local work)."""
+        self.send_point(take(values, self.layout.n_local - 1), needs)
+
+    def send_point(self, value: State, needs: Callable[[int], bool]) -> None:
+        """Send ``value``, this rank's last point, to the next rank if it needs it."""
         nxt = self.layout.next_owner()
         if nxt is not None and needs(self.layout.hi):
             with self.timer.phase("comm"):
-                self.comm.send(take(values, self.layout.n_local - 1), nxt)
+                self.comm.send(value, nxt)
 
     def recv_halo(self, needs: Callable[[int], bool]) -> State | None:
         """The receiving half of :meth:`halo`."""

@@ -35,7 +35,7 @@ from torchpint.engine.comm import Comm, default_comm
 from torchpint.engine.grid import coarsen, layouts
 from torchpint.engine.level import Level
 from torchpint.engine.problem import Problem
-from torchpint.engine.relax import Cached, c_relax, c_residual, f_relax, point_images, sequential_solve
+from torchpint.engine.relax import Cached, c_images, c_relax, c_residual, c_slice, f_relax, sequential_solve
 from torchpint.engine.result import SolveResult
 from torchpint.engine.state import (
     State,
@@ -48,7 +48,7 @@ from torchpint.engine.state import (
     unflatten,
 )
 from torchpint.engine.timing import PhaseTimer
-from torchpint.engine.transfer import c_slice, correct, restrict
+from torchpint.engine.transfer import correct, restrict
 
 
 class ConfigError(ValueError):
@@ -111,6 +111,10 @@ class MGRIT:
         max_iter: at most this many iterations.
         comm: how ranks talk; default: torch.distributed if initialised, else one process.
         store: ``"all"`` points or only the finest level's ``"c"``-points in the result.
+        coarse_storage: ``"all"`` points, or only ``"c"``-points on the coarse levels between the
+            finest and the coarsest (their F-points are rebuilt on the fly when needed: about the
+            same number of steps, ``1/cf`` of the memory for ``u``).  The finest level keeps the
+            whole trajectory; the coarsest level, solved point by point, keeps all its points.
         gather: give every rank the whole solution (else only its own block).
         callback: called on every rank after each iteration with
             ``(iteration, residual, convergence factor or None)``.
@@ -135,6 +139,7 @@ class MGRIT:
         max_iter: int = 100,
         comm: Comm | None = None,
         store: str = "all",
+        coarse_storage: str = "all",
         gather: bool = True,
         callback: IterationCallback | None = None,
         partition: Sequence[tuple[int, int]] | None = None,
@@ -154,6 +159,8 @@ class MGRIT:
             raise ConfigError(f"weight_c must be > 0, got {weight_c}")
         if store not in ("all", "c"):
             raise ConfigError(f"store must be 'all' or 'c', got {store!r}")
+        if coarse_storage not in ("all", "c"):
+            raise ConfigError(f"coarse_storage must be 'all' or 'c', got {coarse_storage!r}")
         for lvl, m in enumerate(cfs[: max(levels - 1, 0)]):
             if m < 2:
                 raise ConfigError(f"cf must be >= 2, got cf={m} for level {lvl}")
@@ -174,6 +181,7 @@ class MGRIT:
         self.max_iter = int(max_iter)
         self.comm = comm if comm is not None else default_comm()
         self.store = store
+        self.coarse_storage = coarse_storage
         self.gather = gather
         self.callback = callback
         self.layouts = layouts(
@@ -196,20 +204,24 @@ class MGRIT:
             "tol": self.tol,
             "rtol": self.rtol,
             "max_iter": self.max_iter,
+            "coarse_storage": self.coarse_storage,
             "nproc": self.comm.size,
         }
 
     # ------------------------------------------------------------------ set-up
     def _setup(self, u0: State, timer: PhaseTimer) -> list[Level]:
         levels = []
+        last = len(self.layouts) - 1
         for lvl, layout in enumerate(self.layouts):
-            level = Level(lvl, layout, self.problems[lvl], self.comm, timer, template=u0)
-            level.u = tree_map(torch.zeros_like, expand(u0, layout.n_local))
+            c_only = self.coarse_storage == "c" and 0 < lvl < last
+            level = Level(lvl, layout, self.problems[lvl], self.comm, timer, template=u0, c_only=c_only)
+            # A C-points-only level stores what the next coarser level owns on this rank.
+            stored = self.layouts[lvl + 1].n_local if c_only else layout.n_local
+            level.u = tree_map(torch.zeros_like, expand(u0, stored))
             if layout.lo == 0 and layout.n_local > 0:
                 put(level.u, 0, u0)
             if lvl > 0:
-                level.g = tree_map(torch.zeros_like, level.u)
-                level.v = tree_map(torch.zeros_like, level.u)
+                level.g = tree_map(torch.zeros_like, expand(u0, layout.n_local))
             levels.append(level)
         return levels
 
@@ -246,17 +258,14 @@ class MGRIT:
         """Solve the coarsest level, then inject upwards with a V-cycle on each coarse level."""
         sequential_solve(levels[-1])
         for lvl in range(len(levels) - 2, -1, -1):
-            fine, coarse = levels[lvl], levels[lvl + 1]
-            assert fine.u is not None and coarse.u is not None
-            if coarse.layout.n_local > 0:
-                put(fine.u, c_slice(fine), coarse.u)
+            correct(levels[lvl], levels[lvl + 1])  # injection of the coarse solution
             if lvl > 0:
                 self._cycle(levels, lvl, "V", first_f=True)
 
     def _residual_norm(self, finest: Level) -> tuple[float, Cached]:
         """The space-time residual norm, and the C-point images it was computed from."""
         assert finest.u is not None
-        cached = Cached(point_images(finest, finest.u))
+        cached = Cached(c_images(finest))
         residual = c_residual(finest, cached)
         local = torch.zeros((), dtype=torch.float64)
         if residual is not None:
@@ -311,6 +320,7 @@ class MGRIT:
             solve_seconds=solve_seconds,
             phase_seconds=timer.as_dict(),
             steps_per_level=[level.steps_taken for level in levels],
+            states_per_level=[level.stored_states() for level in levels],
             options=self.options(),
         )
 

@@ -4,20 +4,29 @@ Every level solves ``u_i = Phi(u_{i-1}) + g_i`` (``g = 0`` on the finest level) 
 ``i >= 1`` with ``u_0`` fixed.  F-relaxation satisfies it at the F-points from the current
 C-points; C-relaxation at the C-points from the F-points before them.  Both are parallel
 over C-intervals: one batched step per offset inside the interval.
+
+A level that keeps only its C-points (``Level.c_only``) has no F-points to relax: they are
+by definition the F-relaxation of the current C-points, so F-relaxation is free and every
+operation that needs F-points (C-relaxation, the residual, the correction of the finer
+level) rebuilds them on the fly with :func:`implicit_sweep`: the same number of steps as
+with stored F-points, a fraction ``1/m`` of the memory.
+
+C-points are addressed by their *C-index*: the ``k``-th C-point this rank owns (on a
+level with cf ``m`` it is also the ``k``-th point this rank owns on the next coarser level).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torchpint.engine.level import Level, cat_points
-from torchpint.engine.state import State, axpby, put, stack, sub, take
+from torchpint.engine.state import State, axpby, cat, put, stack, sub, take
 
 
 def _first_local_c(level: Level) -> int:
     """Local index of the first C-point this rank owns (may be >= n_local: none)."""
-    m = level.layout.m
-    assert m is not None
+    m = level.layout.m or 1  # the coarsest level: every point is a C-point
     lo = level.layout.lo
     return -(-lo // m) * m - lo
 
@@ -27,8 +36,8 @@ def f_relax(level: Level) -> None:
     layout, u = level.layout, level.u
     assert u is not None and layout.m is not None
     m, n, lo = layout.m, layout.n_local, layout.lo
-    if n == 0:
-        return
+    if n == 0 or level.c_only:
+        return  # implicit F-points are always F-relaxed
     fc = _first_local_c(level)
     leading = min(fc, n)  # F-points before the first local C-point: their interval began earlier
     needs = lambda boundary: boundary % m != 0  # the next rank starts inside an interval
@@ -84,12 +93,111 @@ def point_images(
     return slice(start, n, m), step(prev, lo + start - 1, count, m)
 
 
-Images = tuple[slice, State]
+Images = tuple[slice, State]  # (C-indices, stacked values at them)
+
+
+def c_values(level: Level) -> State:
+    """The values at this rank's C-points (a view when F-points are stored)."""
+    assert level.u is not None
+    return level.u if level.c_only else take(level.u, c_slice(level))
+
+
+def put_c(level: Level, where: slice, values: State) -> None:
+    """Write ``values`` at the C-indices ``where``."""
+    assert level.u is not None
+    put(level.u, where if level.c_only else _c_to_local(level, where), values)
+
+
+def c_slice(level: Level) -> slice:
+    """Local slice of the C-points of a level that stores every point."""
+    m = level.layout.m or 1
+    return slice(_first_local_c(level), level.layout.n_local, m)
+
+
+def _c_to_local(level: Level, where: slice) -> slice:
+    """C-indices ``where`` (a slice with a positive step) as local point indices."""
+    m = level.layout.m or 1
+    fc = _first_local_c(level)
+    stop = level.layout.n_local if where.stop is None else fc + where.stop * m
+    return slice(fc + (where.start or 0) * m, stop, m * (where.step or 1))
+
+
+def c_images(level: Level) -> Images | None:
+    """``Phi(u_{c-1}) + g_c`` at this rank's C-points ``c >= 1``, by C-index (None: no target)."""
+    assert level.u is not None
+    if level.c_only:
+        return implicit_sweep(level, images=True)
+    got = point_images(level, level.u)
+    if got is None:
+        return None
+    where, images = got
+    m = level.layout.m or 1
+    return slice((where.start - _first_local_c(level)) // m, None), images
+
+
+PointVisitor = Callable[[slice, State], None]
+
+
+def implicit_sweep(level: Level, *, images: bool, visit: PointVisitor | None = None) -> Images | None:
+    """F-relax a C-points-only level on the fly: rebuild its F-points without storing them.
+
+    Every F-point that this rank owns is computed from the C-point that starts its interval
+    (one batched step per offset, as :func:`f_relax`) and handed to ``visit(local points,
+    values)``; with ``images`` the step past each interval's last F-point gives ``Phi(u_{c-1})
+    + g_c`` at the C-points ``c >= 1``, returned by C-index.  An interval that crosses into
+    the next rank continues there from this rank's last point (one message, forward in time).
+    """
+    layout, u = level.layout, level.u
+    assert u is not None and layout.m is not None and level.c_only
+    m, n, lo = layout.m, layout.n_local, layout.lo
+    if n == 0:
+        return None
+    fc = _first_local_c(level)
+    n_c = len(range(fc, n, m))
+    # The next rank needs our last point to continue an interval, or to image its first C-point.
+    needs = lambda boundary: images or boundary % m != 0
+    pieces: list[State] = []
+    first_target = 1  # C-index of the first image: 0 only if it comes from the halo
+
+    if n_c > 0:
+        last_offset = (n - 1 - fc) % m  # where our last point sits in its interval
+        last = take(u, n_c - 1)
+        current = u
+        for j in range(1, m + 1):
+            count = len(range(fc + j, n, m))
+            if count == 0 or (j == m and not images):
+                break
+            new = level.phi_plus_g(take(current, slice(0, count)), lo + fc + j - 1, count, m)
+            if j == m:
+                pieces.append(new)  # images at the C-indices 1 .. n_c - 1
+                break
+            if visit is not None:
+                visit(slice(fc + j, n, m), new)
+            if j == last_offset:
+                last = take(new, count - 1)
+            current = new
+        level.send_point(last, needs)
+    if lo > 0 and (fc > 0 or images):
+        # The points before our first C-point continue an interval from an earlier rank.
+        value = level.recv_halo(needs)
+        assert value is not None
+        for i in range(min(fc, n)):
+            value = take(level.phi_plus_g(stack([value]), lo + i - 1, 1), 0)
+            if visit is not None:
+                visit(slice(i, i + 1), stack([value]))
+        if fc < n and images:
+            pieces.insert(0, level.phi_plus_g(stack([value]), lo + fc - 1, 1))
+            first_target = 0
+        if n_c == 0:
+            level.send_point(value, needs)
+    if not pieces:
+        return None
+    return slice(first_target, n_c), cat(pieces)
 
 
 @dataclass(frozen=True)
 class Cached:
-    """``point_images(level, level.u)`` computed earlier for the same ``u``.
+    """``c_images(level)`` computed earlier for the same ``u``.
 
     ``images`` is None on a rank without targets.  Whether a cache is used must be decided
     alike on every rank (the halo exchange it saves involves two of them), hence this wrapper
@@ -107,23 +215,22 @@ def c_relax(level: Level, weight: float = 1.0, cached: Cached | None = None) -> 
     """
     assert level.u is not None
     with level.timer.phase("c_relax"):
-        images = point_images(level, level.u) if cached is None else cached.images
+        images = c_images(level) if cached is None else cached.images
         if images is None:
             return
         where, new = images
         if weight != 1.0:
-            new = axpby(weight, new, 1.0 - weight, take(level.u, where))
-        put(level.u, where, new)
+            new = axpby(weight, new, 1.0 - weight, take(c_values(level), where))
+        put_c(level, where, new)
 
 
-def c_residual(level: Level, cached: Cached | None = None) -> tuple[slice, State] | None:
+def c_residual(level: Level, cached: Cached | None = None) -> Images | None:
     """``g_c + Phi(u_{c-1}) - u_c`` at the local C-points ``c >= 1`` (from ``cached`` if given)."""
-    assert level.u is not None
-    images = point_images(level, level.u) if cached is None else cached.images
+    images = c_images(level) if cached is None else cached.images
     if images is None:
         return None
     where, new = images
-    return where, sub(new, take(level.u, where))
+    return where, sub(new, take(c_values(level), where))
 
 
 def sequential_solve(level: Level) -> None:

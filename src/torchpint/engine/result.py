@@ -29,6 +29,7 @@ class SolveResult:
     solve_seconds: float
     phase_seconds: dict[str, float] = field(default_factory=dict)
     steps_per_level: list[int] = field(default_factory=list)  # Phi applications on this rank
+    states_per_level: list[int] = field(default_factory=list)  # states held on this rank (u and g)
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -57,5 +58,6 @@ class SolveResult:
             "setup_seconds": self.setup_seconds,
             "phase_seconds": self.phase_seconds,
             "steps_per_level": self.steps_per_level,
+            "states_per_level": self.states_per_level,
             "options": self.options,
         }

@@ -67,6 +67,11 @@ def stack(states: Sequence[State]) -> State:
     return tree_map(lambda *xs: torch.stack(xs), *states)
 
 
+def cat(parts: Sequence[State]) -> State:
+    """Concatenate stacked states along the time axis."""
+    return tree_map(lambda *xs: torch.cat(xs), *parts)
+
+
 def take(stacked: State, index: torch.Tensor | int | slice) -> State:
     """Select points from a stacked state (an int drops the time axis)."""
     return tree_map(lambda x: x[index], stacked)

@@ -24,6 +24,7 @@ from torchpint.training.solver import (
     max_difference,
     memory_estimate,
     plan_levels,
+    relative_difference,
     train_mgrit,
 )
 from torchpint.training.speedup import (
@@ -62,6 +63,7 @@ __all__ = [
     "level_learning_rate",
     "max_difference",
     "memory_estimate",
+    "relative_difference",
     "parse_memory",
     "plan_levels",
     "potential_speedup",

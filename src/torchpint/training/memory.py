@@ -38,7 +38,7 @@ def human(n: float) -> str:
 class MemoryEstimate:
     state_bytes: int  # one time point (weights + optimizer state)
     finest_bytes: int  # the N+1 states of the finest level
-    coarse_bytes: int  # u, g, v on every coarse level
+    coarse_bytes: int  # u and g on every coarse level (u at C-points only with coarse_storage="c")
     work_bytes: int  # temporaries of the largest batched step (gradients, activations)
     result_bytes: int  # the gathered solution handed back
     reference_bytes: int  # the serial reference trajectory (for the comparison)
@@ -64,6 +64,7 @@ def estimate(
     activation_bytes: int,
     chunk: int,
     store: str = "all",
+    coarse_storage: str = "all",
     nproc: int = 1,
     m: int = 2,
     reference: bool = True,
@@ -71,7 +72,12 @@ def estimate(
     """Bytes per process; the trajectory is split over ranks, the gathered result is not."""
     n_points = level_points[0]
     finest = n_points * state_bytes
-    coarse = sum(3 * n * state_bytes for n in level_points[1:])
+    # Level l >= 1 holds g at its n_l points and u at n_l points, or, on an intermediate level
+    # keeping only C-points, at its C-points (the next level's n_{l+1} points).
+    coarse = 0
+    for lvl in range(1, len(level_points)):
+        n_u = level_points[lvl + 1] if coarse_storage == "c" and lvl < len(level_points) - 1 else level_points[lvl]
+        coarse += (level_points[lvl] + n_u) * state_bytes
     largest = -(-n_points // (m * nproc))
     work = 4 * largest * state_bytes + min(largest, chunk) * activation_bytes
     stored = n_points if store == "all" else -(-n_points // m)
@@ -87,5 +93,5 @@ def check_limit(est: MemoryEstimate, limit: int | None) -> None:
     if est.per_process_bytes > limit:
         raise MemoryLimitError(
             f"MGRIT training needs about {est.describe()}; that is more than the {human(limit)} allowed "
-            f"(--max-memory). Use fewer steps, more processes, or --store c; nothing was allocated"
+            f"(--max-memory). Use fewer steps, more processes, --store c or --coarse-storage c; nothing was allocated"
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -184,7 +184,7 @@ class Adam:
         return cls(params, lr=self.lr if lr is None else lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
 
 
-UpdateRule = Union[SGD, Adam]
+UpdateRule = SGD | Adam
 
 
 def _frozen_loop(rule: Any, state: Any, grad: Tensor, lr: float, k: int, first: Tensor) -> Any:

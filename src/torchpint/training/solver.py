@@ -63,6 +63,7 @@ class MGRITOptions:
     coarse_data: str = "same"  # see torchpint.training.problem
     coarse_update: str = "scaled"  # "scaled" (the paper) or "frozen" (see torchpint.training.problem)
     store: str = "all"  # "all" points in the result or only the finest level's "c"-points
+    coarse_storage: str = "all"  # "c": intermediate coarse levels keep only their C-points
     max_memory: int | None = None  # bytes per process; refuse before allocating when above
     check_finite: bool = True
     verbose: bool = False  # one line per iteration (rank 0)
@@ -92,6 +93,8 @@ class MGRITOptions:
             raise TrainingConfigError(f"divergence_iters must be >= 1, got {self.divergence_iters}")
         if self.store not in ("all", "c"):
             raise TrainingConfigError(f"store must be 'all' or 'c', got {self.store!r}")
+        if self.coarse_storage not in ("all", "c"):
+            raise TrainingConfigError(f"coarse storage must be 'all' or 'c', got {self.coarse_storage!r}")
 
 
 @dataclass
@@ -208,7 +211,7 @@ def memory_estimate(task: TrainingTask, options: MGRITOptions, nproc: int = 1) -
     points = [n + 1 for n in level_steps(task.steps, levels, options.m)]
     per_state, chunk = activation_chunk(task, options.chunk_bytes)
     return estimate(state_bytes(task), points, activation_bytes=per_state, chunk=chunk, store=options.store,
-                    nproc=nproc, m=options.m, reference=options.reference)
+                    coarse_storage=options.coarse_storage, nproc=nproc, m=options.m, reference=options.reference)
 
 
 def initial_residual(problem: LevelProblem, u0: Any, n_steps: int, comm: Comm, chunk: int) -> float:
@@ -310,7 +313,8 @@ def train_mgrit(
             )
 
     kwargs: dict[str, Any] = dict(relax=options.relax, cycle="V" if options.cycle == "two-level" else options.cycle, nested=False,
-                  tol=tol, max_iter=options.max_iter, comm=comm, store=options.store, gather=True,
+                  tol=tol, max_iter=options.max_iter, comm=comm, store=options.store,
+                  coarse_storage=options.coarse_storage, gather=True,
                   callback=on_iteration)
     t = torch.arange(n + 1, dtype=torch.float64)
     # N steps need not be a multiple of m^(levels-1): the last C-interval of a level may be partial.
@@ -413,6 +417,12 @@ def max_difference(a: State, b: State) -> float:
     return max(float((x.to(torch.float64) - y.to(torch.float64)).abs().max()) for x, y in zip(leaves(a), leaves(b)))
 
 
+def relative_difference(a: State, b: State) -> float:
+    """``max |a - b| / max |b|``: the difference on the scale of the reference ``b``."""
+    scale = max(float(y.to(torch.float64).abs().max()) for y in leaves(b))
+    return max_difference(a, b) / scale if scale > 0 else max_difference(a, b)
+
+
 def trajectory_weights(task: TrainingTask, trajectory: State) -> Tensor:
     return task.update.weights(trajectory)
 
@@ -423,6 +433,7 @@ __all__ = [
     "TrainingResult",
     "initial_residual",
     "max_difference",
+    "relative_difference",
     "memory_estimate",
     "plan_levels",
     "train_mgrit",

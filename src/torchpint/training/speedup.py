@@ -112,7 +112,7 @@ def calibrate(task: TrainingTask, max_batch: int, repeats: int = 3, chunk: int |
         t0 = torch.arange(b, dtype=torch.float64) % task.steps
         t1 = t0 + 1
         problem.step_batch(u, t0, t1)  # warm-up
-        seconds.append(_best_time(lambda: problem.step_batch(u, t0, t1), repeats))
+        seconds.append(_best_time(lambda u=u, t0=t0, t1=t1: problem.step_batch(u, t0, t1), repeats))
     problem.step(state, 0.0, 1.0)
     single = _best_time(lambda: [problem.step(state, float(i), float(i + 1)) for i in range(8)], repeats) / 8
     return StepCost(sizes, seconds, single)

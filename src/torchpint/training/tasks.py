@@ -103,6 +103,7 @@ class TaskSpec:
     tol: float | None = None
     max_memory: int | None = None
     store: str = "all"
+    coarse_storage: str = "all"
     levels: int | None = None
     verbose: bool = False
 
@@ -222,6 +223,7 @@ def build_task(spec: TaskSpec) -> tuple[TrainingTask, MGRITOptions]:
         tol=spec.tol,
         max_memory=spec.max_memory,
         store=spec.store,
+        coarse_storage=spec.coarse_storage,
         levels=spec.levels,
         verbose=spec.verbose,
     )
