@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from torchpint.cli.plots import save_figure
 from torchpint.layerpar.train import ARCHS, DTYPES, TrainConfig, train_and_compare
 
 
@@ -119,8 +120,7 @@ def plot_training(result: dict[str, Any], path: Path, title: str) -> None:
     ax_acc.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from torchpint.cli.plots import save_figure
 from torchpint.training.errors import DivergenceError, NonFiniteWeightsError
 from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
@@ -248,8 +249,7 @@ def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str, title: str 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_history(histories: dict[str, list[float]], path: str, title: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from torchpint.cli.plots import save_figure
 from torchpint.paranet.train import (
     AUGMENTS,
     SCHEDULES,
@@ -315,8 +316,7 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{cfg['model']} on {cfg['dataset']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _info_shape(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:

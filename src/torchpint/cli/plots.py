@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    """Write a matplotlib figure (creating the folder it goes in) and release it."""
+    import matplotlib.pyplot as plt
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def plot_residuals(histories: Mapping[str, Sequence[float]], path: str, title: str = "") -> None:
@@ -26,5 +37,4 @@ def plot_residuals(histories: Mapping[str, Sequence[float]], path: str, title: s
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
