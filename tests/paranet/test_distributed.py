@@ -10,7 +10,10 @@ from torchpint.dist import run_workers
 from torchpint.paranet.checks import (
     GradientSpec,
     distributed_gradients,
+    distributed_sgd_step,
+    gradient_case,
     serial_gradients,
+    serial_sgd_step,
 )
 
 MLP = {"model": "mlp", "model_kw": {"in_features": 12, "hidden": 8, "depth": 4}, "input_shape": (12,)}
@@ -73,3 +76,21 @@ def test_gradients_equal_one_process(nproc) -> None:
             got.update(results[rank][i][1])
         assert results[0][i][0] == pytest.approx(loss, rel=1e-6)
         _compare(ref, got, spec.dtype)
+
+
+def test_workers_step_right_after_their_backward() -> None:
+    """``hub(x, lr=...)``: each worker takes its SGD step inside the pass; the result is one-process SGD."""
+    spec = GradientSpec(subnets=3, iterations=1, **F64)
+    results = run_workers(distributed_sgd_step, 3, (spec, 0.5), timeout_s=100)
+    ref = serial_sgd_step(spec, 0.5)
+    start, _, _ = gradient_case(spec)
+    got: dict[str, np.ndarray] = {}
+    for rank, res in enumerate(results):
+        assert res.pop("_cleared", True), f"rank {rank} kept its gradients after the step"
+        got.update(res)
+    assert set(got) == set(ref)
+    moved = 0
+    for name, p in start.named_parameters():
+        np.testing.assert_allclose(got[name], ref[name].numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+        moved += not torch.equal(p.detach(), ref[name])
+    assert moved > len(ref) // 2  # the step really changed the weights, workers' included

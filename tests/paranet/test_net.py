@@ -11,6 +11,7 @@ from torch import nn
 from torchpint.models import mlp, preact_resnet, resnet1d, vgg16
 from torchpint.paranet import ParaNet, balanced_split
 from torchpint.paranet.net import active_iterations
+from torchpint.paranet.split import PhaseCost, makespan_split, model_step
 
 CASES = [
     ("resnet", lambda: preact_resnet(20, base_width=4), (3, 8, 8)),
@@ -197,3 +198,70 @@ def test_balance_by_flops_params_and_time_and_the_report() -> None:
     assert info["total_params"] == sum(p.numel() for p in by_flops.parameters())
     text = by_flops.format_info()
     assert "split points" in text and "balance by flops" in text and "coarse/sub" in text
+
+
+def test_model_step_follows_the_schedule() -> None:
+    """Forward and backward each wait for the slowest rank; the hub also runs stem, head and coarse networks."""
+    fwd, bwd = [1.0] * 4, [2.0] * 4
+    stem, head, c = PhaseCost(0.5, 0.25), PhaseCost(0.5, 0.25), PhaseCost(0.1, 0.2)
+    m = model_step([0, 2, 4], fwd, bwd, stem, head, lambda a, b: c)
+    # forward: stem, C_1, then F_1 + C_2(U^0_1) + C_2(y_1) on the hub against F_2 on rank 1, head
+    assert m.forward == pytest.approx(0.5 + 0.1 + max(2 + 0.1 + 0.1, 2) + 0.5)
+    # backward: head, C_2 twice and F_1 on the hub against F_2 on rank 1 (it starts after the head), C_1, stem
+    assert m.backward == pytest.approx(0.25 + max(0.2 + 0.2 + 4, 4) + 0.2 + 0.25)
+    assert m.busy == pytest.approx((0.75 + 0.75 + 6 + 3 * 0.3, 6))
+    assert m.original == pytest.approx(13.5) and m.speedup == pytest.approx(13.5 / m.step)
+    # a link delays rank 1's start, its output, its gradient and the hub's gradient
+    slow = model_step([0, 2, 4], fwd, bwd, stem, head, lambda a, b: c, link=lambda i: 1.0)
+    assert slow.forward == pytest.approx(0.5 + 0.1 + max(2.2, 1 + 2 + 1) + 0.5)
+    assert slow.backward == pytest.approx(0.25 + max(4.4, 1 + 4 + 1) + 0.2 + 0.25)
+
+
+def test_makespan_split_minimizes_the_modelled_step() -> None:
+    gen = torch.Generator().manual_seed(0)
+    stem, head = PhaseCost(0.05, 0.05), PhaseCost(0.02, 0.03)
+
+    def coarse(a: int, b: int) -> PhaseCost:
+        return PhaseCost(0.02 * (b - a), 0.01 * a)
+
+    for _ in range(20):
+        n = int(torch.randint(3, 10, (1,), generator=gen))
+        fwd, bwd = torch.rand(n, generator=gen).tolist(), torch.rand(n, generator=gen).tolist()
+
+        def step(bs: list[int], fwd: list[float] = fwd, bwd: list[float] = bwd) -> float:
+            return model_step(bs, fwd, bwd, stem, head, coarse).step
+
+        two = makespan_split(fwd, bwd, 2, stem, head, coarse)
+        assert step(two) == pytest.approx(min(step([0, p, n]) for p in range(1, n)))  # exact for N = 2
+        three = makespan_split(fwd, bwd, 3, stem, head, coarse)
+        assert len(three) == 4 and all(a < b for a, b in itertools.pairwise(three))
+        assert step(three) <= step(balanced_split([f + b for f, b in zip(fwd, bwd)], 3)) + 1e-12
+
+
+def test_time_balance_reports_the_modelled_step_and_leaves_the_weights_alone() -> None:
+    torch.manual_seed(0)
+    by_time = ParaNet(preact_resnet(20, base_width=4), 2, input_shape=(3, 8, 8), balance="time")
+    torch.manual_seed(0)
+    given = ParaNet(preact_resnet(20, base_width=4), 2, input_shape=(3, 8, 8), split_points=by_time.bounds[1:-1])
+    # measuring the coarse networks draws no random numbers: every rank builds the same weights
+    for (name, a), (_, b) in zip(by_time.state_dict().items(), given.state_dict().items()):
+        assert torch.equal(a, b), name
+    model = by_time.info()["step_model"]
+    assert model["step_s"] == pytest.approx(model["forward_s"] + model["backward_s"], rel=1e-4)
+    assert len(model["busy_s"]) == 2 and max(model["busy_s"]) <= model["step_s"] * (1 + 1e-4)
+    assert model["speedup"] > 0 and "modelled step on 2 workers" in by_time.format_info()
+    assert given.info()["step_model"] is None
+
+
+def test_coarse_resampling_by_average_pooling_equals_adaptive_pooling() -> None:
+    """An exact size ratio takes plain average pooling (faster); the values are adaptive pooling's, bitwise."""
+    from torchpint.paranet.coarse import ConvCoarse
+
+    torch.manual_seed(0)
+    for in_shape, out_shape in [((4, 16, 16), (8, 8, 8)), ((4, 12), (8, 4)), ((4, 9, 9), (4, 4, 4))]:
+        coarse = ConvCoarse(in_shape, out_shape)
+        x = torch.randn(3, *in_shape)
+        fast = coarse(x)
+        kernel, coarse.pool_kernel = coarse.pool_kernel, None
+        assert (kernel is None) == (in_shape[1] % out_shape[1] != 0)
+        assert torch.equal(fast, coarse(x))

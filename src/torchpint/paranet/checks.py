@@ -18,7 +18,14 @@ from torch import Tensor
 from torchpint.models import build_model
 from torchpint.paranet.net import ParaNet
 
-__all__ = ["GradientSpec", "distributed_gradients", "gradient_case", "serial_gradients"]
+__all__ = [
+    "GradientSpec",
+    "distributed_gradients",
+    "distributed_sgd_step",
+    "gradient_case",
+    "serial_gradients",
+    "serial_sgd_step",
+]
 
 
 @dataclass
@@ -90,3 +97,45 @@ def distributed_gradients(specs: list[GradientSpec]) -> list[tuple[float, dict[s
             results.append((float("nan"), grads))
         dist.barrier()
     return results
+
+
+def serial_sgd_step(spec: GradientSpec, lr: float) -> dict[str, Tensor]:
+    """Every parameter of the one-process parareal network after one plain SGD step."""
+    net, x, y = gradient_case(spec)
+    net.train()
+    F.cross_entropy(net(x), y).backward()
+    torch.optim.SGD(net.parameters(), lr=lr).step()
+    return {n: p.detach().clone() for n, p in net.named_parameters()}
+
+
+def distributed_sgd_step(spec: GradientSpec, lr: float) -> dict[str, Any]:
+    """On every rank: this rank's parameters (NumPy) after one training pass ``hub(x, lr=lr)`` and SGD step.
+
+    The workers step inside the pass, right after their backward; the hub
+    steps its own parameters after ``backward``.  Worker entries also say
+    whether the gradients were cleared (``"_cleared"``).
+    """
+    import torch.distributed as dist
+
+    from torchpint.paranet.distributed import ParaNetHub, ParaNetWorker
+
+    net, x, y = gradient_case(spec)
+    net.train()
+    if dist.get_rank() == 0:
+        hub = ParaNetHub(net)
+        opt = torch.optim.SGD(hub.parameters(), lr=lr)
+        F.cross_entropy(hub(x, lr=lr), y).backward()
+        hub.wait()
+        opt.step()
+        hub.stop()
+        params = dict(hub.named_parameters())
+        out: dict[str, Any] = {n: p.detach().numpy().copy() for n, p in params.items()
+                               if not n.startswith("fine_subnets.") or n.startswith("fine_subnets.0.")}
+    else:
+        module = net.fine_subnets[dist.get_rank()]
+        worker = ParaNetWorker(net, optimizer=torch.optim.SGD(module.parameters(), lr=0.0))
+        worker.serve()
+        out = {n: p.detach().numpy().copy() for n, p in worker.named_parameters()}
+        out["_cleared"] = all(p.grad is None for _, p in worker.named_parameters())
+    dist.barrier()
+    return out

@@ -23,10 +23,22 @@ Design (one *hub* and ``N - 1`` *workers*, world size ``N``):
   it still runs ``F_1``'s backward) and blocks on ``dL/dU`` only when its
   own work is done; workers handle iterations in reverse order, which is the
   hub's order.  Tags keep iterations apart.
+* Delivery before compute: the hub waits until the workers have its
+  messages (their inputs before it runs ``F_1``, each ``dL/dy`` before it
+  goes on with its backward pass).  A send still in flight when the hub
+  starts computing is completed by gloo's background thread, which then
+  competes for a core with the computation and other processes: the worker
+  sat idle for milliseconds, up to the whole of ``F_1``, waiting for bytes
+  the hub had "sent".  Waiting costs the hub only the transfer itself.
 * Control: before each forward pass the hub sends every worker a small
   header (command, batch size, grad and train mode, learning rate, epoch,
   step); workers loop on headers (:meth:`ParaNetWorker.serve`) until STOP.
-  Optimizer steps, checkpoints and custom actions are commands too.
+  Checkpoints and custom actions are commands too.
+* Optimizer steps: a training pass's header carries the learning rate, and
+  each worker steps its optimizer as soon as its own backward pass is done
+  (its gradients are complete then), while the hub still finishes its
+  backward pass; a separate command after the hub's backward would put the
+  worker's step between the hub's step and the next forward pass.
 """
 
 from __future__ import annotations
@@ -48,14 +60,13 @@ class Command:
     """Header command codes."""
 
     FORWARD = 1
-    STEP = 2
     STOP = 3
     CUSTOM = 10  # and above: handled by ParaNetWorker's handlers
 
 
 HEADER_TAG = 1
 ACK_TAG = 2
-_HEADER_LEN = 8
+_HEADER_LEN = 9
 
 
 def _tag(kind: int, k: int) -> int:
@@ -75,15 +86,18 @@ class Header:
     epoch: int = 0
     step: int = 0
     extra: float = 0.0
+    update: bool = False  # FORWARD: step the optimizer with ``lr`` right after the backward pass
 
     def tensor(self, device: torch.device) -> Tensor:
-        values = [self.command, self.batch, int(self.grad), int(self.training), self.lr, self.epoch, self.step, self.extra]
+        values = [self.command, self.batch, int(self.grad), int(self.training), self.lr, self.epoch, self.step,
+                  self.extra, int(self.update)]
         return torch.tensor(values, dtype=torch.float64, device=device)
 
     @classmethod
     def from_tensor(cls, t: Tensor) -> Header:
         v = t.tolist()
-        return cls(int(v[0]), int(v[1]), bool(v[2]), bool(v[3]), float(v[4]), int(v[5]), int(v[6]), float(v[7]))
+        return cls(int(v[0]), int(v[1]), bool(v[2]), bool(v[3]), float(v[4]), int(v[5]), int(v[6]), float(v[7]),
+                   bool(v[8]))
 
 
 def _comm_device(module_device: torch.device, group: Any = None) -> torch.device:
@@ -145,6 +159,7 @@ class _Recv(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
         ctx.hub.peer.send(grad, ctx.j, _tag(2, ctx.k))
+        ctx.hub.peer.wait()  # delivered before the hub's backward goes on (see the module docstring)
         dtype, device = ctx.token_meta
         return torch.zeros(0, dtype=dtype, device=device), None, None, None, None
 
@@ -169,6 +184,7 @@ class _HubRunner:
         self.tokens[k, j] = _Send.apply(u, self.hub, j, k)
 
     def local(self, k: int) -> None:
+        self.hub.peer.wait()  # the workers have their inputs before F_1 runs (see the module docstring)
         if k in self.inputs:
             self.outputs[k] = self.hub.fine_subnets[0](self.inputs.pop(k))
 
@@ -187,7 +203,8 @@ class ParaNetHub(nn.Module):
     the same seed); the other sub-networks are dropped here.  Use it as a
     module: ``hub(x)`` sends the FORWARD header, runs the parareal sweep with
     the workers and returns the output with autograd wired through them;
-    ``loss.backward()`` drives the workers' backward passes.  Parameter
+    ``loss.backward()`` drives the workers' backward passes, and with
+    ``hub(x, lr=...)`` each worker then takes its optimizer step.  Parameter
     names are the full network's (``fine_subnets.0.*``, ``coarse_nets.*``...).
     """
 
@@ -220,18 +237,23 @@ class ParaNetHub(nn.Module):
         for dst in range(1, self.subnets):
             self.peer.send(t, dst, HEADER_TAG)
 
-    def forward(self, x: Tensor, *, epoch: int = 0, step: int = 0) -> Tensor:
-        """Parareal output for ``x``; the workers join in."""
+    def forward(self, x: Tensor, *, epoch: int = 0, step: int = 0, lr: float | None = None) -> Tensor:
+        """Parareal output for ``x``; the workers join in.
+
+        With ``lr`` (a training pass: call ``backward`` on the output once)
+        every worker steps its optimizer with this learning rate and clears
+        its gradients right after its part of the backward pass; the hub's
+        own parameters are the caller's to step.
+        """
         grad = torch.is_grad_enabled()
-        self.command(Header(Command.FORWARD, batch=x.shape[0], grad=grad, training=self.training, epoch=epoch, step=step))
+        if lr is not None and not grad:
+            raise ValueError("a pass with an optimizer step (lr given) needs gradients enabled")
+        self.command(Header(Command.FORWARD, batch=x.shape[0], grad=grad, training=self.training, epoch=epoch, step=step,
+                            lr=0.0 if lr is None else float(lr), update=lr is not None))
         x = x.to(self.device)
         u0 = self.stem(x)
         out: Tensor = self.head(parareal_sweep(self.coarse_nets, self.subnets, self.iterations, u0, _HubRunner(self, x.shape[0])))
         return out
-
-    def step_workers(self, lr: float, epoch: int = 0, step: int = 0) -> None:
-        """Tell every worker to take an optimizer step with learning rate ``lr`` and clear its gradients."""
-        self.command(Header(Command.STEP, lr=lr, epoch=epoch, step=step))
 
     def custom(self, command: int, *, epoch: int = 0, step: int = 0, extra: float = 0.0, ack: bool = True) -> None:
         """Send a custom command (>= Command.CUSTOM); wait for every worker's acknowledgement if ``ack``."""
@@ -261,7 +283,8 @@ class ParaNetWorker:
     """Rank ``j``'s part (j >= 1): sub-network ``F_{j+1}`` only, driven by the hub's headers.
 
     ``optimizer`` (optional, built on :attr:`module`'s parameters) is stepped
-    on STEP; ``handlers`` maps custom command codes to functions of the
+    right after the backward pass of a FORWARD header that asks for it
+    (``update``); ``handlers`` maps custom command codes to functions of the
     header whose float result is sent back as the acknowledgement;
     ``on_header`` sees every header first (fault injection, logging).
     """
@@ -317,8 +340,6 @@ class ParaNetWorker:
                 return
             if header.command == Command.FORWARD:
                 self._forward(header)
-            elif header.command == Command.STEP:
-                self._step(header.lr)
             elif header.command in self.handlers:
                 value = self.handlers[header.command](header)
                 self.peer.send(torch.tensor([float(value)], dtype=torch.float64), 0, ACK_TAG)
@@ -327,7 +348,8 @@ class ParaNetWorker:
 
     def _forward(self, header: Header) -> None:
         self.peer.wait()
-        self.module.train(header.training)
+        if self.module.training != header.training:  # a walk over every submodule: only when the mode changes
+            self.module.train(header.training)
         b = header.batch
         saved: dict[int, tuple[Tensor, Tensor]] = {}
         with torch.set_grad_enabled(header.grad):
@@ -349,6 +371,8 @@ class ParaNetWorker:
             grad_u = u.grad if u.grad is not None else torch.zeros_like(u)
             self.peer.send(grad_u, 0, _tag(3, k))
         saved.clear()
+        if header.update:
+            self._step(header.lr)
 
     def _step(self, lr: float) -> None:
         if self.optimizer is None:

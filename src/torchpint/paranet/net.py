@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, cast
 
@@ -43,11 +43,15 @@ from torchpint.paranet.coarse import CoarseFactory, coarse_factory
 from torchpint.paranet.split import (
     BALANCE_MEASURES,
     Balance,
+    PhaseCost,
+    StepModel,
     balanced_split,
     block_costs,
-    chain_times,
+    chain_phase_times,
     check_split_points,
     group_costs,
+    makespan_split,
+    model_step,
 )
 
 __all__ = ["FineRunner", "ParaNet", "active_iterations", "format_info", "ideal_speedup", "parareal_sweep"]
@@ -100,9 +104,9 @@ def parareal_sweep(
         u.append(c)
         if j <= m:
             runner.submit(0, j, c)
-    runner.local(0)
-    if 1 < n <= m + 1:  # K = 1: C_N(U^0_{N-1}), after the local sub-network has started
+    if 1 < n <= m + 1:  # K = 1: C_N(U^0_{N-1}), while the inputs are on their way to the sub-networks
         old_c[n] = coarse[n - 1](u[n - 1])
+    runner.local(0)
     for k in range(iters):
         last = k == iters - 1
         top = min(n, m + k + 1)  # U^{k+1}_j is computed for j <= top
@@ -217,6 +221,48 @@ def _shape_of(t: Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape[1:])
 
 
+#: point-to-point message between two processes: latency and bandwidth measured for gloo over the
+#: loopback of a 2-core machine (a 4-byte message 0.09 ms, 8 MB 3 ms); only decides near-ties of the split
+LINK_LATENCY_S = 1e-4
+LINK_BYTES_PER_S = 3e9
+
+
+def _link_cost(block_shapes: Sequence[tuple[int, ...]], batch: int) -> Callable[[int], float]:
+    """Seconds to send the float32 batch entering block ``i`` to another process."""
+    return lambda i: LINK_LATENCY_S + 4 * batch * math.prod(block_shapes[i]) / LINK_BYTES_PER_S
+
+
+def _coarse_cost(
+    coarse: str | CoarseFactory | Sequence[nn.Module],
+    width: int | None,
+    block_shapes: Sequence[tuple[int, ...]],
+    blocks: Sequence[nn.Module],
+    batch: int,
+) -> Callable[[int, int], PhaseCost]:
+    """Measured cost of the coarse network of blocks ``a..b-1``, one measurement per pair of shapes.
+
+    Ready-made coarse modules fit one split only: they count as free.  The
+    probes are built under a forked RNG so that measuring never changes the
+    weights the real coarse networks get afterwards (every rank must build
+    the same network, and the workers get the split without measuring).
+    """
+    if isinstance(coarse, Sequence) and not isinstance(coarse, str):
+        return lambda a, b: PhaseCost(0.0, 0.0)
+    factory = coarse_factory(coarse, width)
+    cache: dict[tuple[tuple[int, ...], tuple[int, ...]], PhaseCost] = {}
+
+    def cost(a: int, b: int) -> PhaseCost:
+        key = (tuple(block_shapes[a]), tuple(block_shapes[b]))
+        if key not in cache:
+            with torch.random.fork_rng(devices=[]):
+                probe = factory(*key).to(ParaNet._param_device(blocks[a]))
+            fwd, bwd = chain_phase_times([probe], key[0], batch=batch)
+            cache[key] = PhaseCost(fwd[0], bwd[0])
+        return cache[key]
+
+    return cost
+
+
 class ParaNet(nn.Module):
     """Parareal network built from a stem/blocks/head model or an ``nn.Sequential``.
 
@@ -230,7 +276,11 @@ class ParaNet(nn.Module):
         iterations: ``K``, parareal iterations emulated (>= 1; ``K = N`` is exact).
         split_points: interior block indices where sub-networks begin
             (``N - 1`` increasing values); chosen by ``balance`` if omitted.
-        balance: ``flops`` (default), ``params``, ``time`` or ``blocks``.
+        balance: ``flops`` (default), ``params``, ``time`` or ``blocks``.  ``time``
+            measures every block's forward and backward (at ``balance_batch``)
+            and the coarse networks, and splits where the modelled
+            distributed step is shortest (:func:`~torchpint.paranet.split.model_step`,
+            reported by :meth:`info` as ``step_model``).
         coarse: ``auto`` (conv for feature maps, linear for vectors),
             ``conv``, ``linear``, a factory ``(in_shape, out_shape) -> Module``,
             or a sequence of ``N`` ready modules.
@@ -289,17 +339,26 @@ class ParaNet(nn.Module):
         # Dry run of the original chain: every block's input shape, on the model's device.
         block_shapes = self._dry_run_blocks(blocks)
         self.block_in_shapes = block_shapes[:-1]
+        self.step_model: StepModel | None = None
         if split_points is None:
-            # the hub (sub-network 1's process) also runs stem and head: their cost goes to its group
             if balance == "time":
-                times = chain_times([self.stem, *blocks, self.head], self.input_shape, batch=balance_batch)
-                costs, offset = times[1:-1], times[0] + times[-1]
+                # split where the modelled distributed step is shortest: the hub's stem, head and coarse
+                # networks are part of the schedule, and forward and backward each wait for the slowest rank
+                fwd, bwd = chain_phase_times([self.stem, *blocks, self.head], self.input_shape, batch=balance_batch)
+                stem_cost, head_cost = PhaseCost(fwd[0], bwd[0]), PhaseCost(fwd[-1], bwd[-1])
+                fwd, bwd = fwd[1:-1], bwd[1:-1]
+                cost = _coarse_cost(coarse, coarse_width, block_shapes, blocks, balance_batch)
+                link = _link_cost(block_shapes, balance_batch)
+                bounds = makespan_split(fwd, bwd, subnets, stem_cost, head_cost, cost, link)
+                self.step_model = model_step(bounds, fwd, bwd, stem_cost, head_cost, cost, link)
+                costs = [f + b for f, b in zip(fwd, bwd)]
             else:
                 costs = block_costs(blocks, self.block_in_shapes, balance, batch=balance_batch)
                 ends = [m for m in (self.stem, self.head) if any(True for _ in m.parameters())]
                 ends_shapes = [self.input_shape if m is self.stem else block_shapes[-1] for m in ends]
+                # the hub (sub-network 1's process) also runs stem and head: their cost goes to its group
                 offset = sum(block_costs(ends, ends_shapes, balance)) if balance != "blocks" else 0.0
-            bounds = balanced_split(costs, subnets, first_offset=offset)
+                bounds = balanced_split(costs, subnets, first_offset=offset)
         else:
             if len(split_points) != subnets - 1:
                 raise ValueError(f"{subnets} sub-networks need {subnets - 1} split points, got {len(split_points)}")
@@ -589,6 +648,7 @@ class ParaNet(nn.Module):
             "ideal_speedup_flops": (stem_flops + head_flops + sum(fine_flops)) / critical if critical else 1.0,
             "max_coarse_flop_fraction": ratio,
             "parareal_ideal_speedup": ideal_speedup(n, self.iterations, ratio) if n > 1 else 1.0,
+            "step_model": self.step_model.as_dict() if self.step_model is not None else None,
         }
 
     def format_info(self) -> str:
@@ -633,5 +693,13 @@ def format_info(info: dict[str, Any]) -> str:
         f"(ideal speedup by FLOPs {info['ideal_speedup_flops']:.2f}x; parareal formula "
         f"N/((1+K)Nc+K) = {info['parareal_ideal_speedup']:.2f}x with c = {info['max_coarse_flop_fraction']:.3f})"),
     ]
+    model = info.get("step_model")
+    if model:
+        lines.append(
+            f"modelled step on {info['subnets']} workers (K=1, measured times): {1e3 * model['step_s']:.1f} ms "
+            f"(forward {1e3 * model['forward_s']:.1f}, backward {1e3 * model['backward_s']:.1f}), busy per rank "
+            f"{', '.join(f'{1e3 * b:.1f}' for b in model['busy_s'])} ms; one worker, original: "
+            f"{1e3 * model['original_s']:.1f} ms ({model['speedup']:.2f}x)"
+        )
     return "\n".join(lines)
 

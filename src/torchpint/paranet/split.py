@@ -6,15 +6,21 @@ possible (the linear-partition problem, solved exactly by dynamic
 programming).  The cost of a block is its multiply-accumulates (``flops``),
 its parameter count (``params``), its measured forward+backward time
 (``time``) or 1 (``blocks``, equal counts).
+
+With ``time`` the split minimizes the *modelled distributed step* instead
+(:func:`model_step`, :func:`makespan_split`): forward and backward each wait
+for their slowest rank, and the hub also runs the stem, the head and every
+coarse network, so equal block costs are not the fastest split.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +29,19 @@ from torch import nn
 
 from torchpint.models.counting import count_flops, count_parameters
 
-__all__ = ["BALANCE_MEASURES", "Balance", "balanced_split", "block_costs", "chain_times", "check_split_points"]
+__all__ = [
+    "BALANCE_MEASURES",
+    "Balance",
+    "PhaseCost",
+    "StepModel",
+    "balanced_split",
+    "block_costs",
+    "chain_phase_times",
+    "chain_times",
+    "check_split_points",
+    "makespan_split",
+    "model_step",
+]
 
 BALANCE_MEASURES = ("flops", "params", "time", "blocks")
 
@@ -110,25 +128,28 @@ class _Stamp(torch.autograd.Function):
         return grad, None
 
 
-def chain_times(
+def chain_phase_times(
     modules: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 16, repeats: int = 3
-) -> list[float]:
-    """Forward + backward seconds of each module of the chain ``modules[-1](...modules[0](x))``, in context.
+) -> tuple[list[float], list[float]]:
+    """Forward and backward seconds of each module of the chain ``modules[-1](...modules[0](x))``, in context.
 
     The chain runs as a whole (copies of the modules, so no batch-norm
     statistic moves) on a random batch; forward times are taken between
     the calls, backward times from identity autograd functions placed
     between the modules.  In context matters: a block's cost alone, on a
     fresh input, can be a fifth off its cost inside the network (memory
-    traffic, allocation), which is enough to pick the wrong split.
-    Median of ``repeats`` runs after one warm-up.
+    traffic, allocation), which is enough to pick the wrong split.  Each
+    value is the fastest of ``repeats`` runs after one warm-up: other work
+    on the machine only ever adds time, so the minimum is the steadiest
+    estimate of the module's own cost.
     """
     chain = [copy.deepcopy(m).train() for m in modules]
     param = next((p for m in chain for p in m.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn((batch, *input_shape), generator=gen).to(device)
-    runs: list[list[float]] = []
+    n = len(chain)
+    best_fwd, best_bwd = [math.inf] * n, [math.inf] * n
     for i in range(repeats + 1):
         log: list[float] = []
         fwd: list[float] = []
@@ -142,17 +163,175 @@ def chain_times(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         end = time.perf_counter()
-        # log[0] is reached first (after the loss), log[i] when module n-1-i+1... see below
-        marks = [start, *log]  # marks[i]: backward reached the output of module n-1-(i-1)
-        n = len(chain)
+        # the backward pass reaches the stamps in reverse: log[k] is module n-1-k's output; module n-1-k's
+        # backward runs from there to the next stamp (the previous module's output), the last to the end
+        marks = [*log, end]
         bwd = [0.0] * n
-        for k in range(n):  # module n-1-k: from its output's stamp to the previous module's stamp (or the end)
-            begin = marks[k + 1]
-            finish = marks[k + 2] if k + 2 < len(marks) else end
-            bwd[n - 1 - k] = finish - begin
+        for k in range(n):
+            bwd[n - 1 - k] = marks[k + 1] - marks[k]
         if i > 0:
-            runs.append([f + b for f, b in zip(fwd, bwd)])
-    return [statistics.median(r[j] for r in runs) for j in range(len(chain))]
+            best_fwd = [min(a, b) for a, b in zip(best_fwd, fwd)]
+            best_bwd = [min(a, b) for a, b in zip(best_bwd, bwd)]
+    return best_fwd, best_bwd
+
+
+def chain_times(
+    modules: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 16, repeats: int = 3
+) -> list[float]:
+    """Forward + backward seconds of each module of a chain (see :func:`chain_phase_times`)."""
+    fwd, bwd = chain_phase_times(modules, input_shape, batch, repeats)
+    return [f + b for f, b in zip(fwd, bwd)]
+
+
+@dataclass(frozen=True)
+class PhaseCost:
+    """Seconds of a module's forward and of its backward pass."""
+
+    forward: float
+    backward: float
+
+
+#: the cost of the coarse network of the sub-network made of blocks ``a..b-1``
+CoarseCost = Callable[[int, int], PhaseCost]
+#: seconds to send the tensor that enters block ``i`` (``i = len(blocks)``: the last block's output)
+LinkCost = Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """Modelled training step of the distributed parareal network (K = 1) for one split.
+
+    ``forward``: seconds from the input to the output on the hub;
+    ``backward``: from the output to the hub's last gradient; ``busy``: the
+    seconds each rank computes; ``original``: one worker's step on the
+    original network (stem, blocks and head, no coarse networks).
+    """
+
+    bounds: tuple[int, ...]
+    forward: float
+    backward: float
+    busy: tuple[float, ...]
+    original: float
+
+    @property
+    def step(self) -> float:
+        """The modelled step: forward and backward, each as long as its critical path."""
+        return self.forward + self.backward
+
+    @property
+    def speedup(self) -> float:
+        """Modelled speedup over the original network on one worker."""
+        return self.original / self.step if self.step > 0 else 1.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "step_s": round(self.step, 6),
+            "forward_s": round(self.forward, 6),
+            "backward_s": round(self.backward, 6),
+            "busy_s": [round(b, 6) for b in self.busy],
+            "idle_shares": [round(1 - b / self.step, 4) if self.step > 0 else 0.0 for b in self.busy],
+            "original_s": round(self.original, 6),
+            "speedup": round(self.speedup, 4),
+        }
+
+
+def model_step(
+    bounds: Sequence[int],
+    forward: Sequence[float],
+    backward: Sequence[float],
+    stem: PhaseCost,
+    head: PhaseCost,
+    coarse: CoarseCost,
+    link: LinkCost | None = None,
+) -> StepModel:
+    """The critical path of one training step of the hub/worker schedule with K = 1.
+
+    It follows :func:`~torchpint.paranet.net.parareal_sweep` and the hub's
+    autograd order (see :mod:`torchpint.paranet.distributed`): rank ``r``
+    starts ``F_{r+1}`` when the stem and the coarse sweep ``C_1..C_r`` are
+    done and sent; the hub then runs ``C_N(U^0_{N-1})``, ``F_1`` and the correction
+    sweep, each ``C_{r+1}(U^1_r)`` followed by waiting for rank ``r``'s
+    output, then the head.  Backward mirrors it: the hub sends each
+    ``dL/dy`` as the correction sweep's backward reaches it (waiting for
+    each message to arrive, as it waits for the inputs before ``F_1``), runs the
+    coarse and ``F_1`` backward, then takes each ``dL/dU`` (waiting for
+    rank ``r``) before the coarse sweep's backward and the stem's.  Each
+    message between the hub and rank ``r`` costs ``link`` of its interface;
+    the optimizer step is left out (it overlaps with the hub's next stem).
+    """
+    n = len(bounds) - 1
+    send = link or (lambda i: 0.0)
+    fine_f = [float(sum(forward[a:b])) for a, b in itertools.pairwise(bounds)]
+    fine_b = [float(sum(backward[a:b])) for a, b in itertools.pairwise(bounds)]
+    original = stem.forward + stem.backward + head.forward + head.backward + sum(fine_f) + sum(fine_b)
+    c = [coarse(a, b) for a, b in itertools.pairwise(bounds)] if n > 1 else []
+    # forward
+    t = stem.forward
+    start = [t]  # start[r]: when U^0_r is ready for rank r
+    for r in range(n - 1):
+        t += c[r].forward
+        start.append(t + send(bounds[r + 1]))
+    if n > 1:
+        t += c[n - 1].forward  # C_N(U^0_{N-1}), while the inputs travel
+    t = max([t, *start[1:]]) + fine_f[0]  # the inputs have arrived, then F_1
+    for r in range(1, n):
+        t = max(t + c[r].forward, start[r] + fine_f[r] + send(bounds[r + 1]))  # C_{r+1}(U^1_r), y_{r+1} from rank r
+    t_forward = t + head.forward
+    # backward, from the output's gradient
+    t = head.backward
+    sent = [0.0] * n  # sent[r]: when dL/dy reaches rank r
+    for r in range(n - 1, 0, -1):
+        sent[r] = t = t + send(bounds[r + 1])
+        t += c[r].backward
+    if n > 1:
+        t += c[n - 1].backward
+    t += fine_b[0]
+    for r in range(n - 1, 0, -1):
+        t = max(t, sent[r] + fine_b[r] + send(bounds[r])) + c[r - 1].backward  # dL/dU^0_r from rank r, then C_r
+    t_backward = t + stem.backward
+    # C_1..C_{N-1} (sweep) and C_N(U^0_{N-1}), then C_2..C_N again (corrections), forward and backward
+    coarse_total = sum(x.forward + x.backward for x in (*c, *c[1:]))
+    hub = stem.forward + stem.backward + head.forward + head.backward + fine_f[0] + fine_b[0] + coarse_total
+    busy = (hub, *(f + b for f, b in zip(fine_f[1:], fine_b[1:])))
+    return StepModel(tuple(int(b) for b in bounds), t_forward, t_backward, busy, original)
+
+
+def makespan_split(
+    forward: Sequence[float],
+    backward: Sequence[float],
+    groups: int,
+    stem: PhaseCost,
+    head: PhaseCost,
+    coarse: CoarseCost,
+    link: LinkCost | None = None,
+) -> list[int]:
+    """Bounds of ``groups`` contiguous groups minimizing :func:`model_step`'s modelled step.
+
+    Forward and backward each wait for their slowest rank, and the hub also
+    carries the stem, the head and every coarse network, so balancing the
+    blocks' total cost is not enough.  Coordinate descent from the split
+    that balances forward + backward time: each split point in turn moves
+    to its best place between its neighbours, until none moves (exact for
+    two groups; ties go to the smaller largest busy time).
+    """
+    total = [f + b for f, b in zip(forward, backward)]
+    bounds = balanced_split(total, groups)
+
+    def key(bs: list[int]) -> tuple[float, float]:
+        m = model_step(bs, forward, backward, stem, head, coarse, link)
+        return m.step, max(m.busy)
+
+    best = key(bounds)
+    moved = True
+    while moved:
+        moved = False
+        for i in range(1, groups):
+            for p in range(bounds[i - 1] + 1, bounds[i + 1]):
+                trial = [*bounds[:i], p, *bounds[i + 1 :]]
+                k = key(trial)
+                if k < best:
+                    best, bounds, moved = k, trial, True
+    return bounds
 
 
 def balanced_split(costs: Sequence[float], groups: int, first_offset: float = 0.0) -> list[int]:

@@ -33,7 +33,7 @@ import shutil
 import signal
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -298,15 +298,29 @@ def load_into(
 
 
 # ---------------------------------------------------------------------------- the loop
+def make_sgd(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum and weight decay, fused where torch has the kernel (CPU and CUDA).
+
+    The fused step is one pass over the parameters instead of a handful of
+    foreach passes, about 4x faster on CPU; the update is the same formula.
+    It matters to the parareal network: each rank's optimizer step sits
+    between its backward pass and the next forward pass.
+    """
+    plist = list(params)
+    fused = bool(plist) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in plist)
+    return torch.optim.SGD(plist, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+
+
 class _Local:
     """One process holds the whole network (a ParaNet or the original)."""
 
     def __init__(self, net: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> None:
         self.net = net
         self.device = device or next(net.parameters()).device
-        self.opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.opt = make_sgd(net.parameters(), cfg)
 
-    def forward(self, x: Tensor, epoch: int, step: int) -> Tensor:
+    def forward(self, x: Tensor, epoch: int, step: int, lr: float | None = None) -> Tensor:
+        """The output; ``lr``: a training pass whose optimizer step will use this learning rate."""
         out: Tensor = self.net(x)
         return out
 
@@ -337,16 +351,13 @@ class _Hub(_Local):
         super().__init__(hub, cfg, hub.device)
         self.hub = hub
 
-    def forward(self, x: Tensor, epoch: int, step: int) -> Tensor:
-        out: Tensor = self.hub(x, epoch=epoch, step=step)
+    def forward(self, x: Tensor, epoch: int, step: int, lr: float | None = None) -> Tensor:
+        # with lr, the workers step their optimizers as soon as their backward passes are done
+        out: Tensor = self.hub(x, epoch=epoch, step=step, lr=lr)
         return out
 
     def after_backward(self) -> None:
         self.hub.wait()
-
-    def step(self, lr: float, epoch: int, step: int) -> None:
-        self.hub.step_workers(lr, epoch, step)
-        super().step(lr, epoch, step)
 
     def save(self, folder: Path, epoch: int) -> None:
         self.hub.custom(CMD_SAVE, epoch=epoch)  # every worker writes its part first
@@ -428,7 +439,7 @@ def train_network(
             if augment is not None:
                 xb = augment(xb, aug_gen)
             lr = lr_at(cfg, epoch, step, steps)
-            out = runner.forward(xb.to(runner.device), epoch, step)
+            out = runner.forward(xb.to(runner.device), epoch, step, lr)
             yb = yb.to(out.device)
             loss = F.cross_entropy(out, yb)
             if fault.get("kind") == "nan" and fault.get("epoch") == epoch + 1 and fault.get("step", 0) == step:
@@ -544,7 +555,7 @@ def distributed_worker(cfg: TrainConfig, run_dir: str, label: str, resume: bool)
     # a worker: its sub-network, its optimizer, its checkpoint part
     module = net.fine_subnets[rank]
     prefix = f"fine_subnets.{rank}."
-    opt = torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_sgd(module.parameters(), cfg)
     if resume:
         folder = latest_checkpoint(path)
         if folder is not None:
