@@ -246,9 +246,9 @@ def test_time_balance_reports_the_modelled_step_and_leaves_the_weights_alone() -
     # measuring the coarse networks draws no random numbers: every rank builds the same weights
     for (name, a), (_, b) in zip(by_time.state_dict().items(), given.state_dict().items()):
         assert torch.equal(a, b), name
-    model = by_time.info()["step_model"]
-    assert model["step_s"] == pytest.approx(model["forward_s"] + model["backward_s"], rel=1e-4)
-    assert len(model["busy_s"]) == 2 and max(model["busy_s"]) <= model["step_s"] * (1 + 1e-4)
+    model = by_time.info()["step_model"]  # rounded to microseconds
+    assert model["step_s"] == pytest.approx(model["forward_s"] + model["backward_s"], abs=2e-6)
+    assert len(model["busy_s"]) == 2 and max(model["busy_s"]) <= model["step_s"] + 1e-6
     assert model["speedup"] > 0 and "modelled step on 2 workers" in by_time.format_info()
     assert given.info()["step_model"] is None
 
