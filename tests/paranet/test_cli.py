@@ -38,6 +38,8 @@ def test_info_prints_split_shapes_and_counts(capsys) -> None:
         (["--model", "alexnet"], "unknown model 'alexnet'"),
         (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
         (["--nproc", "3"], "--nproc must be 1"),
+        (["--replicas", "2", "--nproc", "2"], "--nproc must be N x R = 2 x 2 = 4"),
+        (["--replicas", "0"], "--replicas must be >= 1"),
         (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
     ],
 )
@@ -116,3 +118,16 @@ def test_distributed_run_killed_worker_and_resume(tmp_path, capfd) -> None:
             assert ha[key] == pytest.approx(hb[key], rel=1e-4)
     parts = sorted(p.name for p in latest_checkpoint(out / "paranet").glob("part*.pt"))
     assert parts == ["part0.pt", "part1.pt"]
+
+
+def test_data_parallel_replicas_train_and_checkpoint_once(tmp_path, capsys) -> None:
+    """``--replicas 2``: 2 x 2 processes (nproc derived); replica 0 writes the checkpoint, one part per sub-network."""
+    out = tmp_path / "run"
+    assert _train(out, "--epochs", "1", "--subnets", "2", "--replicas", "2") == 0
+    assert "parareal N=2 K=1 x2 replicas" in capsys.readouterr().out
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["workers"] == 4 and results["config"]["replicas"] == 2
+    history = results["runs"]["paranet"]["history"]
+    assert len(history) == 1 and 0.0 < history[0]["test_acc"] <= 1.0
+    folder = latest_checkpoint(out / "paranet")
+    assert sorted(p.name for p in folder.glob("part*.pt")) == ["part0.pt", "part1.pt"]

@@ -12,6 +12,7 @@ from torchpint.paranet.checks import (
     distributed_gradients,
     distributed_sgd_step,
     gradient_case,
+    replica_gradients_and_step,
     serial_gradients,
     serial_sgd_step,
 )
@@ -94,3 +95,33 @@ def test_workers_step_right_after_their_backward() -> None:
         np.testing.assert_allclose(got[name], ref[name].numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
         moved += not torch.equal(p.detach(), ref[name])
     assert moved > len(ref) // 2  # the step really changed the weights, workers' included
+
+
+def test_data_parallel_replicas_equal_one_process_on_the_whole_batch() -> None:
+    """World = N x R = 2 x 2: each replica takes half the batch, averages gradients with the other.
+
+    The model has no BatchNorm (MLP; the coarse networks use GroupNorm), so
+    each replica's forward pass on its shard is exactly the whole batch's
+    rows: with BatchNorm the statistics would be per shard and the
+    gradients those of a different function.
+    """
+    subnets, replicas, lr = 2, 2, 0.5
+    spec = GradientSpec(**MLP, subnets=subnets, iterations=1, batch=8, **F64)
+    results = run_workers(replica_gradients_and_step, subnets * replicas, (spec, lr, replicas), timeout_s=100)
+    _, ref = serial_gradients(spec)
+    ref_step = serial_sgd_step(spec, lr)
+    for r in range(replicas):
+        got: dict[str, np.ndarray] = {}
+        for part in range(subnets):
+            got.update(results[r * subnets + part][0][1])
+        _compare(ref, got, spec.dtype)  # the whole batch's gradient, on every replica
+    for part in range(subnets):
+        first = results[part][1]
+        for r in range(1, replicas):
+            other = results[r * subnets + part][1]
+            assert set(other) == set(first)
+            for name, value in first.items():  # the same averaged gradient gives the same step, bit for bit
+                assert np.array_equal(value, other[name]), name
+        for name, value in first.items():
+            if name != "_cleared":
+                np.testing.assert_allclose(value, ref_step[name].numpy(), rtol=1e-9, atol=1e-12, err_msg=name)

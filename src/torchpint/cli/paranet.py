@@ -4,7 +4,8 @@
 the shapes at every interface, parameter and FLOP counts and the balance.
 ``torchpint paranet train --model resnet164 --subnets 4 --dataset digits --epochs E --nproc P [--compare]``
 trains the parareal network (in one process, or one sub-network per
-process with ``--nproc N``), checkpoints every epoch (``--resume``
+process with ``--nproc N``; ``--replicas R`` runs R data-parallel copies
+of it on ``N x R`` processes), checkpoints every epoch (``--resume``
 continues), and with ``--compare`` trains the original network the same way
 and reports both.  Outputs go to the run folder (``--out``): metrics.json,
 metrics.csv, curves.png and the checkpoints.
@@ -75,8 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--max-train", type=int, help="use only the first M training samples")
     train.add_argument("--max-test", type=int, help="use only the first M test samples")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--nproc", type=int, default=1,
-                       help="processes: 1 (whole network here) or N (one sub-network each, torch.distributed)")
+    train.add_argument("--nproc", type=int, default=None,
+                       help="processes: 1 (whole network here; the default) or N (one sub-network each, "
+                            "torch.distributed), N x R with --replicas R (the default then)")
+    train.add_argument("--replicas", type=int, default=1,
+                       help="R data-parallel copies of the distributed parareal network, each on 1/R of every "
+                            "batch, gradients averaged (BatchNorm statistics per shard)")
     train.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default 1)")
     train.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="cuda: one GPU per process (rank r on GPU r), nccl between processes")
@@ -115,10 +120,11 @@ def _parse_fault(text: str | None) -> dict[str, Any] | None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     out = args.out or f"runs/paranet-{args.model}-{args.dataset}-N{args.subnets}"
+    nproc = args.nproc if args.nproc is not None else args.subnets * args.replicas if args.replicas > 1 else 1
     return TrainConfig(
         model=args.model, dataset=args.dataset, subnets=args.subnets, iterations=args.iterations,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, nproc=args.nproc,
+        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, nproc=nproc, replicas=args.replicas,
         threads=args.threads, augment=args.augment, balance=args.balance or "time", coarse=args.coarse,
         coarse_width=args.coarse_width, depth=args.depth, width=args.width, image_size=args.image_size,
         data_root=args.data_root, max_train=args.max_train, max_test=args.max_test, out=out,
@@ -141,7 +147,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
-    if cfg.nproc not in (1, cfg.subnets):
+    if cfg.replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {cfg.replicas}")
+    if cfg.replicas > 1 and cfg.nproc != cfg.subnets * cfg.replicas:
+        raise ValueError(f"--nproc must be N x R = {cfg.subnets} x {cfg.replicas} = {cfg.subnets * cfg.replicas} "
+                         f"with --replicas {cfg.replicas} (one process per sub-network per replica), got {cfg.nproc}")
+    if cfg.batch_size < 2 * cfg.replicas:
+        raise ValueError(f"--batch-size must be >= 2 x replicas = {2 * cfg.replicas} (batch norm, per shard), "
+                         f"got {cfg.batch_size}")
+    if cfg.replicas == 1 and cfg.nproc not in (1, cfg.subnets):
         raise ValueError(f"--nproc must be 1 (one process) or N={cfg.subnets} (one sub-network per process), "
                          f"got {cfg.nproc}")
     if (cfg.device == "cuda" or any(d.startswith("cuda") for d in cfg.devices or [])) and not torch.cuda.is_available():
@@ -194,11 +208,11 @@ def run_training(cfg: TrainConfig, compare: bool = False, resume: bool = False, 
     prep = prepare(cfg, resume, overwrite)
     run_dir = Path(cfg.out)
     info = prep["info"]
-    label = f"parareal N={cfg.subnets}"
+    label = f"parareal N={cfg.subnets}" + (f" x {cfg.replicas} replicas" if cfg.replicas > 1 else "")
     if not quiet:
         print(f"torchpint paranet train: {cfg.model} on {cfg.dataset} ({prep['data']['train']} train / "
               f"{prep['data']['test']} test samples, shape {tuple(cfg.input_shape)}), N={cfg.subnets}, K={cfg.iterations}, "
-              f"nproc={cfg.nproc}, {cfg.threads} thread(s) per process, run folder {run_dir}", flush=True)
+              f"nproc={cfg.nproc}, replicas={cfg.replicas}, {cfg.threads} thread(s) per process, run folder {run_dir}", flush=True)
         print(prep["info_text"], flush=True)
     if cfg.nproc > 1 and launched_by_torchrun():
         init_from_env("nccl" if cfg.device == "cuda" else "gloo")
@@ -258,7 +272,8 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(("original", "1", f"{100 * o['test_acc']:.2f}%", f"{o['params']:,}", f"{o['seconds_per_epoch']:.3f}", "1.00x"))
     p = runs["paranet"]
     speed = f"{base / p['seconds_per_epoch']:.2f}x" if base else "-"
-    rows.append((f"parareal N={cfg['subnets']} K={cfg['iterations']}", str(cfg["nproc"]), f"{100 * p['test_acc']:.2f}%",
+    replicas = f" x{cfg['replicas']} replicas" if cfg.get("replicas", 1) > 1 else ""
+    rows.append((f"parareal N={cfg['subnets']} K={cfg['iterations']}{replicas}", str(cfg["nproc"]), f"{100 * p['test_acc']:.2f}%",
                  f"{p['params']:,}", f"{p['seconds_per_epoch']:.3f}", speed))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]

@@ -4,6 +4,9 @@
 small picklable spec; ``distributed_gradients`` (run on every rank with
 :func:`torchpint.dist.run_workers`) returns each rank's gradients under the
 full network's parameter names, to compare with ``serial_gradients``.
+With ``replicas = R`` the world holds R parareal networks, each on its
+shard of the batch, that average their gradients: every replica's
+gradients and step must equal the one-process network's on the whole batch.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "distributed_gradients",
     "distributed_sgd_step",
     "gradient_case",
+    "replica_gradients_and_step",
     "serial_gradients",
     "serial_sgd_step",
 ]
@@ -68,8 +72,21 @@ def serial_gradients(spec: GradientSpec) -> tuple[float, dict[str, Tensor]]:
     return loss.item(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
-def distributed_gradients(specs: list[GradientSpec]) -> list[tuple[float, dict[str, Any]]]:
-    """On every rank of an initialized process group: loss (rank 0) and this rank's gradients, per spec.
+def _shard(spec: GradientSpec, replicas: int) -> tuple[ParaNet, Tensor, Tensor, Any]:
+    """This rank's network, its replica's shard of the batch, and its process groups (equal shards: the
+    mean of the replicas' mean losses is the mean loss of the whole batch)."""
+    from torchpint.paranet.distributed import replica_groups
+
+    if spec.batch % replicas:
+        raise ValueError(f"batch {spec.batch} does not split into {replicas} equal shards")
+    groups = replica_groups(spec.subnets, replicas)
+    net, x, y = gradient_case(spec)
+    net.train()
+    return net, x.chunk(replicas)[groups.replica], y.chunk(replicas)[groups.replica], groups
+
+
+def distributed_gradients(specs: list[GradientSpec], replicas: int = 1) -> list[tuple[float, dict[str, Any]]]:
+    """On every rank of an initialized process group: loss (hubs) and this rank's gradients, per spec.
 
     Gradients come back as NumPy arrays (pickled by value: tensors would be
     shared through file descriptors that die with the worker).
@@ -80,10 +97,9 @@ def distributed_gradients(specs: list[GradientSpec]) -> list[tuple[float, dict[s
 
     results = []
     for spec in specs:
-        net, x, y = gradient_case(spec)
-        net.train()
-        if dist.get_rank() == 0:
-            hub = ParaNetHub(net)
+        net, x, y, groups = _shard(spec, replicas)
+        if groups.part == 0:
+            hub = ParaNetHub(net, groups.network, groups.copies)
             loss = F.cross_entropy(hub(x), y)
             loss.backward()
             hub.wait()
@@ -91,7 +107,7 @@ def distributed_gradients(specs: list[GradientSpec]) -> list[tuple[float, dict[s
             grads = {n: p.grad.numpy().copy() for n, p in hub.named_parameters() if p.grad is not None}
             results.append((loss.item(), grads))
         else:
-            worker = ParaNetWorker(net)
+            worker = ParaNetWorker(net, groups.network, copies=groups.copies)
             worker.serve()
             grads = {n: p.grad.numpy().copy() for n, p in worker.named_parameters() if p.grad is not None}
             results.append((float("nan"), grads))
@@ -108,7 +124,7 @@ def serial_sgd_step(spec: GradientSpec, lr: float) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in net.named_parameters()}
 
 
-def distributed_sgd_step(spec: GradientSpec, lr: float) -> dict[str, Any]:
+def distributed_sgd_step(spec: GradientSpec, lr: float, replicas: int = 1) -> dict[str, Any]:
     """On every rank: this rank's parameters (NumPy) after one training pass ``hub(x, lr=lr)`` and SGD step.
 
     The workers step inside the pass, right after their backward; the hub
@@ -119,10 +135,9 @@ def distributed_sgd_step(spec: GradientSpec, lr: float) -> dict[str, Any]:
 
     from torchpint.paranet.distributed import ParaNetHub, ParaNetWorker
 
-    net, x, y = gradient_case(spec)
-    net.train()
-    if dist.get_rank() == 0:
-        hub = ParaNetHub(net)
+    net, x, y, groups = _shard(spec, replicas)
+    if groups.part == 0:
+        hub = ParaNetHub(net, groups.network, groups.copies)
         opt = torch.optim.SGD(hub.parameters(), lr=lr)
         F.cross_entropy(hub(x, lr=lr), y).backward()
         hub.wait()
@@ -132,10 +147,16 @@ def distributed_sgd_step(spec: GradientSpec, lr: float) -> dict[str, Any]:
         out: dict[str, Any] = {n: p.detach().numpy().copy() for n, p in params.items()
                                if not n.startswith("fine_subnets.") or n.startswith("fine_subnets.0.")}
     else:
-        module = net.fine_subnets[dist.get_rank()]
-        worker = ParaNetWorker(net, optimizer=torch.optim.SGD(module.parameters(), lr=0.0))
+        module = net.fine_subnets[groups.part]
+        worker = ParaNetWorker(net, groups.network, optimizer=torch.optim.SGD(module.parameters(), lr=0.0),
+                               copies=groups.copies)
         worker.serve()
         out = {n: p.detach().numpy().copy() for n, p in worker.named_parameters()}
         out["_cleared"] = all(p.grad is None for _, p in worker.named_parameters())
     dist.barrier()
     return out
+
+
+def replica_gradients_and_step(spec: GradientSpec, lr: float, replicas: int) -> tuple[Any, Any]:
+    """Both checks above in one set of processes (spawning them is the slow part of a test)."""
+    return distributed_gradients([spec], replicas)[0], distributed_sgd_step(spec, lr, replicas)

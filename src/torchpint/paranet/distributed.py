@@ -39,6 +39,15 @@ Design (one *hub* and ``N - 1`` *workers*, world size ``N``):
   (its gradients are complete then), while the hub still finishes its
   backward pass; a separate command after the hub's backward would put the
   worker's step between the hub's step and the next forward pass.
+* Data-parallel replicas (optional, world ``N x R``): replica ``r`` is
+  ranks ``r*N .. r*N+N-1``, a whole parareal network in its own process
+  group (:func:`replica_groups`) that sees shard ``r`` of each batch.  The
+  ``R`` copies of each part (the hubs; each ``F_{j+1}``) form a second
+  group and average their gradients with one flattened all-reduce right
+  after their own backward pass, before their optimizer step: every
+  replica then holds the gradient of the whole batch and takes the same
+  step.  Peers are addressed by group-local rank (``group_dst``/``group_src``:
+  torch wants global ranks in ``dst``/``src``).
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from torch import Tensor, nn
 
 from torchpint.paranet.net import ParaNet, active_iterations, parareal_sweep
 
-__all__ = ["Command", "Header", "ParaNetHub", "ParaNetWorker"]
+__all__ = ["Command", "Header", "ParaNetHub", "ParaNetWorker", "ReplicaGroups", "average_gradients", "replica_groups"]
 
 
 class Command:
@@ -107,8 +116,63 @@ def _comm_device(module_device: torch.device, group: Any = None) -> torch.device
     return torch.device("cpu")
 
 
+@dataclass
+class ReplicaGroups:
+    """This process's place in a world of ``replicas`` parareal networks of ``subnets`` processes each."""
+
+    replica: int  # which copy of the network (which data shard)
+    part: int  # rank in the replica: 0 is the hub, j >= 1 holds F_{j+1}
+    replicas: int
+    network: Any  # process group of this replica's N processes (None: the default group, R = 1)
+    copies: Any  # process group of the R copies of this part (None when R = 1)
+
+
+def replica_groups(subnets: int, replicas: int) -> ReplicaGroups:
+    """Create the process groups of ``replicas`` data-parallel parareal networks (call on every rank).
+
+    With one replica no group is created: the network uses the default
+    group, exactly as without replicas.  ``new_group`` is collective over
+    the whole world, so every rank creates every group in the same order.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world != subnets * replicas:
+        raise ValueError(f"{replicas} replica(s) of a parareal network with N={subnets} sub-networks need "
+                         f"{subnets * replicas} processes, the world has {world}")
+    replica, part = divmod(rank, subnets)
+    if replicas == 1:
+        return ReplicaGroups(0, rank, 1, None, None)
+    networks = [dist.new_group(list(range(r * subnets, (r + 1) * subnets))) for r in range(replicas)]
+    copies = [dist.new_group([r * subnets + j for r in range(replicas)]) for j in range(subnets)]
+    return ReplicaGroups(replica, part, replicas, networks[replica], copies[part])
+
+
+def average_gradients(params: Sequence[nn.Parameter], group: Any) -> None:
+    """Average the gradients of ``params`` over ``group`` in one all-reduce of one flat buffer.
+
+    One call instead of one per tensor: the latency of a collective, not its
+    bandwidth, dominates for the many small tensors of a sub-network.
+    Parameters without a gradient are left out; every copy runs the same
+    graph, so the set is the same on every member of the group.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    device = _comm_device(grads[0].device, group)
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(device)
+    flat.div_(dist.get_world_size(group))
+    dist.all_reduce(flat, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 class _Peer:
-    """Point-to-point messages with one set of ranks; isends kept alive until waited."""
+    """Point-to-point messages with one set of ranks; isends kept alive until waited.
+
+    ``dst``/``src`` are ranks in ``group``: torch's ``dst``/``src`` are global
+    ranks, so they go in ``group_dst``/``group_src`` (the same for the default group).
+    """
 
     def __init__(self, comm_device: torch.device, dtype: torch.dtype, group: Any = None) -> None:
         self.device = comm_device
@@ -118,11 +182,11 @@ class _Peer:
 
     def send(self, t: Tensor, dst: int, tag: int) -> None:
         buf = t.detach().to(self.device).contiguous()
-        self.pending.append((dist.isend(buf, dst, group=self.group, tag=tag), buf))
+        self.pending.append((dist.isend(buf, group=self.group, tag=tag, group_dst=dst), buf))
 
     def recv(self, shape: Sequence[int], src: int, tag: int, dtype: torch.dtype | None = None) -> Tensor:
         buf = torch.empty(tuple(shape), dtype=dtype or self.dtype, device=self.device)
-        dist.recv(buf, src, group=self.group, tag=tag)
+        dist.recv(buf, group=self.group, tag=tag, group_src=src)
         return buf
 
     def wait(self) -> None:
@@ -206,9 +270,12 @@ class ParaNetHub(nn.Module):
     ``loss.backward()`` drives the workers' backward passes, and with
     ``hub(x, lr=...)`` each worker then takes its optimizer step.  Parameter
     names are the full network's (``fine_subnets.0.*``, ``coarse_nets.*``...).
+    ``group``: this network's processes (default: the world); ``copies``:
+    the hubs of the data-parallel replicas, with which :meth:`wait` averages
+    the gradients (default: no replicas).
     """
 
-    def __init__(self, paranet: ParaNet, group: Any = None) -> None:
+    def __init__(self, paranet: ParaNet, group: Any = None, copies: Any = None) -> None:
         super().__init__()
         world = dist.get_world_size(group)
         rank = dist.get_rank(group)
@@ -227,6 +294,7 @@ class ParaNetHub(nn.Module):
         p = next(self.parameters())
         self.device = p.device
         self.group = group
+        self.copies = copies
         self.peer = _Peer(_comm_device(self.device, group), p.dtype, group)
         self.stopped = False
 
@@ -268,8 +336,14 @@ class ParaNetHub(nn.Module):
         return [float(self.peer.recv((1,), src, ACK_TAG, torch.float64).item()) for src in range(1, self.subnets)]
 
     def wait(self) -> None:
-        """Wait for every message sent so far (call after ``backward``)."""
+        """Wait for every message sent so far (call once after ``backward``); with replicas, average the gradients.
+
+        The hub's gradients are complete here; the workers average theirs
+        among their own copies right after their backward passes.
+        """
         self.peer.wait()
+        if self.copies is not None:
+            average_gradients(list(self.parameters()), self.copies)
 
     def stop(self) -> None:
         """Tell the workers to leave :meth:`ParaNetWorker.serve`."""
@@ -286,7 +360,9 @@ class ParaNetWorker:
     right after the backward pass of a FORWARD header that asks for it
     (``update``); ``handlers`` maps custom command codes to functions of the
     header whose float result is sent back as the acknowledgement;
-    ``on_header`` sees every header first (fault injection, logging).
+    ``on_header`` sees every header first (fault injection, logging);
+    ``copies``: the process group of this sub-network's data-parallel
+    copies, with which gradients are averaged before the step.
     """
 
     def __init__(
@@ -296,6 +372,7 @@ class ParaNetWorker:
         optimizer: torch.optim.Optimizer | None = None,
         handlers: dict[int, Callable[[Header], float]] | None = None,
         on_header: Callable[[Header], None] | None = None,
+        copies: Any = None,
     ) -> None:
         self.rank = dist.get_rank(group)
         world = dist.get_world_size(group)
@@ -315,6 +392,7 @@ class ParaNetWorker:
         self.device = p.device if p is not None else torch.device("cpu")
         dtype = p.dtype if p is not None else torch.float32
         self.group = group
+        self.copies = copies
         self.peer = _Peer(_comm_device(self.device, group), dtype, group)
         self.optimizer = optimizer
         self.handlers = dict(handlers or {})
@@ -371,6 +449,8 @@ class ParaNetWorker:
             grad_u = u.grad if u.grad is not None else torch.zeros_like(u)
             self.peer.send(grad_u, 0, _tag(3, k))
         saved.clear()
+        if self.copies is not None:  # complete here: average with the other replicas before stepping
+            average_gradients(list(self.module.parameters()), self.copies)
         if header.update:
             self._step(header.lr)
 

@@ -5,7 +5,15 @@ One loop serves every mode:
 * one process: the whole :class:`ParaNet` (or the original network) here;
 * ``nproc = N`` processes: rank 0 runs this loop on a :class:`ParaNetHub`,
   ranks 1..N-1 serve their sub-network (:class:`ParaNetWorker`) and take
-  optimizer steps and write their checkpoint parts when the hub says so.
+  optimizer steps and write their checkpoint parts when the hub says so;
+* ``nproc = N x replicas``: ``replicas`` such parareal networks, data
+  parallel.  Every hub draws the same batches and augmentation and takes
+  its shard of each batch; the copies of each part average their gradients
+  before stepping (see :mod:`torchpint.paranet.distributed`), so the
+  weights stay equal and the step is the whole batch's.  BatchNorm
+  statistics are those of the shard.  Replica 0 alone evaluates and writes
+  checkpoints (the others' BatchNorm running statistics, used by no
+  training step, are not kept).
 
 Optimizer: SGD with momentum and weight decay; learning rate per step from
 a cosine or step schedule (a pure function of epoch and step, so nothing
@@ -82,7 +90,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     seed: int = 0
-    nproc: int = 1
+    nproc: int = 1  # subnets x replicas with torch.distributed
+    replicas: int = 1  # data-parallel copies of the distributed parareal network
     threads: int = 1
     augment: str = "auto"
     balance: str = "time"
@@ -314,10 +323,21 @@ def make_sgd(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.SG
 class _Local:
     """One process holds the whole network (a ParaNet or the original)."""
 
+    replica = 0  # data-parallel replica (only _Hub has others); replica 0 evaluates and checkpoints
+    replicas = 1
+
     def __init__(self, net: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> None:
         self.net = net
         self.device = device or next(net.parameters()).device
         self.opt = make_sgd(net.parameters(), cfg)
+
+    def shard(self, t: Tensor) -> Tensor:
+        """This replica's part of a batch."""
+        return t if self.replicas == 1 else t.tensor_split(self.replicas)[self.replica]
+
+    def totals(self, *values: float) -> list[float]:
+        """Sums over the replicas (of the epoch's loss sum, hits and sample count)."""
+        return list(values)
 
     def forward(self, x: Tensor, epoch: int, step: int, lr: float | None = None) -> Tensor:
         """The output; ``lr``: a training pass whose optimizer step will use this learning rate."""
@@ -347,9 +367,18 @@ class _Local:
 class _Hub(_Local):
     """Rank 0 of a distributed parareal network: the loop drives the workers through the hub."""
 
-    def __init__(self, hub: ParaNetHub, cfg: TrainConfig) -> None:
+    def __init__(self, hub: ParaNetHub, cfg: TrainConfig, replica: int = 0) -> None:
         super().__init__(hub, cfg, hub.device)
         self.hub = hub
+        self.replica = replica
+        self.replicas = 1 if hub.copies is None else torch.distributed.get_world_size(hub.copies)
+
+    def totals(self, *values: float) -> list[float]:
+        if self.hub.copies is None:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.hub.peer.device)
+        torch.distributed.all_reduce(t, group=self.hub.copies)
+        return [float(v) for v in t.tolist()]
 
     def forward(self, x: Tensor, epoch: int, step: int, lr: float | None = None) -> Tensor:
         # with lr, the workers step their optimizers as soon as their backward passes are done
@@ -367,10 +396,10 @@ class _Hub(_Local):
         self.hub.stop()
 
 
-def _batches(n: int, batch: int, gen: torch.Generator) -> list[Tensor]:
+def _batches(n: int, batch: int, gen: torch.Generator, replicas: int = 1) -> list[Tensor]:
     perm = torch.randperm(n, generator=gen)
     out = [perm[i : i + batch] for i in range(0, n, batch)]
-    if len(out) > 1 and len(out[-1]) < 2:  # batch norm cannot train on one sample
+    if len(out) > 1 and len(out[-1]) < 2 * replicas:  # batch norm cannot train on one sample (per shard)
         out.pop()
     return out
 
@@ -416,28 +445,32 @@ def train_network(
             np.random.set_state(meta["numpy_rng"])
             history = list(meta["history"])
             start_epoch = int(meta["epoch"])
-            print(f"[{label}] resumed from {folder} (epoch {start_epoch} of {cfg.epochs})", flush=True)
-        else:
+            if runner.replica == 0:
+                print(f"[{label}] resumed from {folder} (epoch {start_epoch} of {cfg.epochs})", flush=True)
+        elif runner.replica == 0:
             print(f"[{label}] --resume: no checkpoint in {root}, starting from the beginning", flush=True)
     x_train, y_train = data.train.tensors
     x_test, y_test = data.test.tensors
     augment = _augmenter(cfg, tuple(data.input_shape))
     n = len(x_train)
-    steps = len(_batches(n, cfg.batch_size, torch.Generator().manual_seed(0)))
+    steps = len(_batches(n, cfg.batch_size, torch.Generator().manual_seed(0), runner.replicas))
+    lead = runner.replica == 0  # the others train only: no progress, evaluation or checkpoints
     fault = cfg.fault or {}
     for epoch in range(start_epoch, cfg.epochs):
         runner.net.train()
-        order = _batches(n, cfg.batch_size, torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0)))
+        order = _batches(n, cfg.batch_size, torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0)),
+                         runner.replicas)
         aug_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1))
         loss_sum, correct, seen = 0.0, 0, 0
         lr = cfg.lr
-        bar = tqdm(total=len(order), desc=f"{label} epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+        bar = tqdm(total=len(order), desc=f"{label} epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and lead),
                    leave=True, dynamic_ncols=True, mininterval=0.5)
         start = time.perf_counter()
         for step, idx in enumerate(order):
             xb, yb = x_train[idx], y_train[idx]
-            if augment is not None:
+            if augment is not None:  # the whole batch, on every replica: the same draws as with one replica
                 xb = augment(xb, aug_gen)
+            xb, yb = runner.shard(xb), runner.shard(yb)
             lr = lr_at(cfg, epoch, step, steps)
             out = runner.forward(xb.to(runner.device), epoch, step, lr)
             yb = yb.to(out.device)
@@ -454,29 +487,33 @@ def train_network(
                     f"{label}: the loss became {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
                     f"training stopped; {kept} (a smaller --lr may help)"
                 )
+            if len(yb) * runner.replicas != len(idx):  # unequal shards: the average of the replicas' losses
+                loss = loss * (len(yb) * runner.replicas / len(idx))  # must be the whole batch's mean
             loss.backward()
             runner.after_backward()
             runner.step(lr, epoch, step)
-            loss_sum += value * len(idx)
+            loss_sum += value * len(yb)
             correct += int((out.detach().argmax(1) == yb).sum())
-            seen += len(idx)
+            seen += len(yb)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", refresh=False)
         seconds = time.perf_counter() - start
         bar.close()
+        loss_sum, hits, count = runner.totals(loss_sum, correct, seen)  # over the replicas' shards
         eval_start = time.perf_counter()
-        test_loss, test_acc = _evaluate(runner, x_test, y_test, cfg.eval_batch)
+        test_loss, test_acc = _evaluate(runner, x_test, y_test, cfg.eval_batch) if lead else (math.nan, math.nan)
         record = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_acc": hits / count,
             "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds,
             "eval_seconds": time.perf_counter() - eval_start,
         }  # fmt: skip
         history.append(record)
-        if cfg.progress:
+        if cfg.progress and lead:
             print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
                   f"acc {100 * record['train_acc']:.2f}% | test loss {test_loss:.4f}, acc {100 * test_acc:.2f}% "
                   f"| {seconds:.2f} s", flush=True)
-        _save_checkpoint(runner, root, epoch + 1, cfg, history, extra_meta)
+        if lead:
+            _save_checkpoint(runner, root, epoch + 1, cfg, history, extra_meta)
     runner.close()
     times = [h["seconds"] for h in history]
     return {
@@ -537,34 +574,36 @@ def distributed_worker(cfg: TrainConfig, run_dir: str, label: str, resume: bool)
     """Body of every process of a distributed training run (started by run_workers or torchrun)."""
     import torch.distributed as dist
 
-    from torchpint.paranet.distributed import Header, ParaNetWorker
+    from torchpint.paranet.distributed import Header, ParaNetWorker, replica_groups
 
     rank = dist.get_rank()
+    groups = replica_groups(cfg.subnets, cfg.replicas)
+    part = groups.part  # this process's part of its replica's network (0: the hub)
     net = build_paranet(cfg)
     if cfg.device == "cuda":
         net.to(torch.device("cuda", torch.cuda.current_device()))
     path = Path(run_dir)
-    if rank == 0:
+    if part == 0:
         total = count_parameters(net)
-        hub = ParaNetHub(net)
+        hub = ParaNetHub(net, groups.network, groups.copies)
         del net  # the hub keeps stem, coarse networks, head and sub-network 1 only
         data = load_data(cfg)
-        summary = train_network(cfg, path, label, _Hub(hub, cfg), data, resume)
+        summary = train_network(cfg, path, label, _Hub(hub, cfg, groups.replica), data, resume)
         summary["params"] = total
-        return summary
-    # a worker: its sub-network, its optimizer, its checkpoint part
-    module = net.fine_subnets[rank]
-    prefix = f"fine_subnets.{rank}."
+        return summary if rank == 0 else None
+    # a worker: its sub-network, its optimizer, its checkpoint part (written by replica 0's only)
+    module = net.fine_subnets[part]
+    prefix = f"fine_subnets.{part}."
     opt = make_sgd(module.parameters(), cfg)
     if resume:
         folder = latest_checkpoint(path)
         if folder is not None:
-            load_into(module.state_dict(), dict(module.named_parameters()), opt, folder, rank, prefix)
+            load_into(module.state_dict(), dict(module.named_parameters()), opt, folder, part, prefix)
 
     def save(header: Header) -> float:
         names = {id(p): prefix + n for n, p in module.named_parameters()}
         state = {prefix + k: v for k, v in module.state_dict().items()}
-        write_part(_checkpoint_root(path) / f"epoch_{header.epoch:04d}", rank, state, _momentum(opt, names))
+        write_part(_checkpoint_root(path) / f"epoch_{header.epoch:04d}", part, state, _momentum(opt, names))
         return 1.0
 
     fault = cfg.fault or {}
@@ -574,7 +613,8 @@ def distributed_worker(cfg: TrainConfig, run_dir: str, label: str, resume: bool)
                 and header.epoch == fault.get("epoch", 1) - 1 and header.step == fault.get("step", 0)):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    worker = ParaNetWorker(net, optimizer=opt, handlers={CMD_SAVE: save}, on_header=on_header)
+    worker = ParaNetWorker(net, groups.network, optimizer=opt, handlers={CMD_SAVE: save}, on_header=on_header,
+                           copies=groups.copies)
     del net  # this process keeps only its sub-network
     worker.serve()
     return None
