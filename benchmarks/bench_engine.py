@@ -2,7 +2,9 @@
 
 Heat1D (PyMGRIT's discretisation) with nx = 2049, nt = 1025, 5 levels, cf = 4, FCF, V-cycle,
 no nested iteration, tol = 1e-9.  Both serial on one core (one thread), then torchpint
-time-parallel on 2 processes.  The residual histories must agree; the ratios are printed.
+with only C-points kept on the intermediate levels (``coarse_storage="c"``), then time-parallel
+on 2 processes.  The residual histories must agree; the ratios and the states each run holds
+are printed.
 
     .venv/bin/python benchmarks/bench_engine.py [--pymgrit-python /work/pymgrit-venv/bin/python]
 
@@ -19,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -59,6 +61,9 @@ def main() -> None:
 
     print("torchpint, 1 process, 1 thread ...", flush=True)
     serial = min((solve_worker(CONFIG) for _ in range(args.repeat)), key=lambda s: s["seconds"])
+    print("torchpint, 1 process, C-points only on the intermediate levels ...", flush=True)
+    lean_config = replace(CONFIG, coarse_storage="c")
+    lean = min((solve_worker(lean_config) for _ in range(args.repeat)), key=lambda s: s["seconds"])
     print("torchpint, 2 processes (gloo), 1 thread each ...", flush=True)
     parallel = min(
         (run_workers(solve_worker, 2, (CONFIG,))[0] for _ in range(args.repeat)), key=lambda s: s["seconds"]
@@ -66,17 +71,23 @@ def main() -> None:
     print("PyMGRIT 1.0.6, 1 MPI process, 1 thread ...", flush=True)
     peer = time_pymgrit(args.pymgrit_python)
 
-    rows = [("torchpint, 1 process", serial["seconds"], serial["iterations"], serial["residuals"])]
-    rows.append(("torchpint, 2 processes", parallel["seconds"], parallel["iterations"], parallel["residuals"]))
+    def held(run: dict) -> str:
+        return str(sum(run["states_per_level"]))
+
+    rows = [("torchpint, 1 process", serial["seconds"], serial["iterations"], serial["residuals"], held(serial))]
+    rows.append(("torchpint, 1 proc, C-only", lean["seconds"], lean["iterations"], lean["residuals"], held(lean)))
+    rows.append(("torchpint, 2 processes", parallel["seconds"], parallel["iterations"], parallel["residuals"],
+                 f"{held(parallel)} on rank 0"))
     if peer:
-        rows.append(("PyMGRIT 1.0.6, 1 process", peer["seconds"], peer["iterations"], peer["residuals"]))
+        rows.append(("PyMGRIT 1.0.6, 1 process", peer["seconds"], peer["iterations"], peer["residuals"], "-"))
     reference = serial["residuals"]
     print(f"\nHeat1D nx={CONFIG.nx}, nt={CONFIG.nt}, {CONFIG.levels} levels, cf=4, FCF, V-cycle, no nested, tol=1e-9")
-    print(f"{'run':28s} {'solve s':>9s} {'iters':>6s} {'max rel. diff of history':>26s} {'speedup vs PyMGRIT':>20s}")
-    for name, seconds, iterations, residuals in rows:
+    print(f"{'run':28s} {'solve s':>9s} {'iters':>6s} {'max rel. diff of history':>26s} {'speedup vs PyMGRIT':>20s}"
+          f" {'states held':>16s}")
+    for name, seconds, iterations, residuals, states in rows:
         diff = max(abs(a - b) / b for a, b in zip(residuals, reference)) if len(residuals) == len(reference) else float("nan")
         ratio = f"{peer['seconds'] / seconds:.1f}x" if peer else "-"
-        print(f"{name:28s} {seconds:9.3f} {iterations:6d} {diff:26.2e} {ratio:>20s}")
+        print(f"{name:28s} {seconds:9.3f} {iterations:6d} {diff:26.2e} {ratio:>20s} {states:>16s}")
     print(f"\ntorchpint 2 processes vs 1 process: {serial['seconds'] / parallel['seconds']:.2f}x")
     phases = ", ".join(f"{k} {v:.3f}" for k, v in sorted(serial["phase_seconds"].items()))
     print(f"torchpint serial phases (s): {phases}")
@@ -84,13 +95,14 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "config": asdict(CONFIG), "torchpint_serial": serial, "torchpint_2proc": parallel, "pymgrit": peer,
+        "config": asdict(CONFIG), "torchpint_serial": serial, "torchpint_serial_c_only": lean,
+        "torchpint_2proc": parallel, "pymgrit": peer,
         "speedup_vs_pymgrit": peer["seconds"] / serial["seconds"] if peer else None,
         "parallel_speedup_2proc": serial["seconds"] / parallel["seconds"],
         "torch": torch.__version__, "python": sys.version.split()[0], "when": time.strftime("%Y-%m-%d %H:%M"),
     }
     out.write_text(json.dumps(record, indent=1))
-    histories = {name: residuals for name, _, _, residuals in rows}
+    histories = {name: residuals for name, _, _, residuals, _ in rows}
     plot_residuals(histories, str(out.with_suffix(".png")), title="Heat1D, 5 levels, cf=4, FCF, V")
     print(f"results: {out} and {out.with_suffix('.png')}")
 
