@@ -37,7 +37,6 @@ __all__ = [
     "balanced_split",
     "block_costs",
     "chain_phase_times",
-    "chain_times",
     "check_split_points",
     "makespan_split",
     "model_step",
@@ -173,14 +172,6 @@ def chain_phase_times(
             best_fwd = [min(a, b) for a, b in zip(best_fwd, fwd)]
             best_bwd = [min(a, b) for a, b in zip(best_bwd, bwd)]
     return best_fwd, best_bwd
-
-
-def chain_times(
-    modules: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 16, repeats: int = 3
-) -> list[float]:
-    """Forward + backward seconds of each module of a chain (see :func:`chain_phase_times`)."""
-    fwd, bwd = chain_phase_times(modules, input_shape, batch, repeats)
-    return [f + b for f, b in zip(fwd, bwd)]
 
 
 @dataclass(frozen=True)
