@@ -52,7 +52,7 @@ def engine_demo(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     print("\n".join(rows))
     print(f"[engine] largest relative difference of the residual histories (1 vs {nproc} processes): {worst:.2e}")
     lines = [
-        "## 1. Engine: heat equation with MGRIT, time-parallel",
+        "## Engine: heat equation with MGRIT, time-parallel",
         "",
         (f"`Heat1D` (PyMGRIT's discretisation), nt={config.nt}, nx={config.nx}, 5 levels, cf=4, FCF, V-cycle, "
          f"tol=1e-9, over {nproc} processes (torch.distributed, gloo) and over 1."),
