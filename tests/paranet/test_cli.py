@@ -40,6 +40,9 @@ def test_info_prints_split_shapes_and_counts(capsys) -> None:
         (["--nproc", "3"], "--nproc must be 1"),
         (["--replicas", "2", "--nproc", "2"], "--nproc must be N x R = 2 x 2 = 4"),
         (["--replicas", "0"], "--replicas must be >= 1"),
+        (["--micro-batches", "0"], "--micro-batches must be >= 1, got 0"),
+        (["--micro-batches", "17"], "--micro-batches must be <= 16: each micro-batch of the 32-sample batch needs >= 2"),
+        (["--replicas", "2", "--micro-batches", "9"], "--micro-batches must be <= 8: each micro-batch of the 16-sample shard"),
         (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
     ],
 )

@@ -5,7 +5,8 @@ the shapes at every interface, parameter and FLOP counts and the balance.
 ``torchpint paranet train --model resnet164 --subnets 4 --dataset digits --epochs E --nproc P [--compare]``
 trains the parareal network (in one process, or one sub-network per
 process with ``--nproc N``; ``--replicas R`` runs R data-parallel copies
-of it on ``N x R`` processes), checkpoints every epoch (``--resume``
+of it on ``N x R`` processes; ``--micro-batches M`` accumulates each
+batch's gradient over M pieces), checkpoints every epoch (``--resume``
 continues), and with ``--compare`` trains the original network the same way
 and reports both.  Outputs go to the run folder (``--out``): metrics.json,
 metrics.csv, curves.png and the checkpoints.
@@ -82,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--replicas", type=int, default=1,
                        help="R data-parallel copies of the distributed parareal network, each on 1/R of every "
                             "batch, gradients averaged (BatchNorm statistics per shard)")
+    train.add_argument("--micro-batches", type=int, default=1,
+                       help="gradient accumulation: run each batch (each replica's shard) in M consecutive pieces, "
+                            "forward and backward, then one optimizer step on the whole batch's gradient; "
+                            "activation memory / M, BatchNorm statistics per piece (default 1)")
     train.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default 1)")
     train.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="cuda: one GPU per process (rank r on GPU r), nccl between processes")
@@ -125,8 +130,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model, dataset=args.dataset, subnets=args.subnets, iterations=args.iterations,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, nproc=nproc, replicas=args.replicas,
-        threads=args.threads, augment=args.augment, balance=args.balance or "time", coarse=args.coarse,
-        coarse_width=args.coarse_width, depth=args.depth, width=args.width, image_size=args.image_size,
+        micro_batches=args.micro_batches, threads=args.threads, augment=args.augment, balance=args.balance or "time",
+        coarse=args.coarse, coarse_width=args.coarse_width, depth=args.depth, width=args.width, image_size=args.image_size,
         data_root=args.data_root, max_train=args.max_train, max_test=args.max_test, out=out,
         progress=args.progress, fault=_parse_fault(args.inject_fault), device=args.device,
         devices=[d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None,
@@ -155,6 +160,13 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.batch_size < 2 * cfg.replicas:
         raise ValueError(f"--batch-size must be >= 2 x replicas = {2 * cfg.replicas} (batch norm, per shard), "
                          f"got {cfg.batch_size}")
+    if cfg.micro_batches < 1:
+        raise ValueError(f"--micro-batches must be >= 1, got {cfg.micro_batches}")
+    shard = cfg.batch_size // cfg.replicas  # the samples of a (replica's share of a) batch
+    if cfg.micro_batches > shard // 2:
+        where = f"the {shard}-sample shard of each replica" if cfg.replicas > 1 else f"the {shard}-sample batch"
+        raise ValueError(f"--micro-batches must be <= {shard // 2}: each micro-batch of {where} needs >= 2 samples "
+                         f"(batch norm), got {cfg.micro_batches}")
     if cfg.replicas == 1 and cfg.nproc not in (1, cfg.subnets):
         raise ValueError(f"--nproc must be 1 (one process) or N={cfg.subnets} (one sub-network per process), "
                          f"got {cfg.nproc}")
@@ -209,10 +221,11 @@ def run_training(cfg: TrainConfig, compare: bool = False, resume: bool = False, 
     run_dir = Path(cfg.out)
     info = prep["info"]
     label = f"parareal N={cfg.subnets}" + (f" x {cfg.replicas} replicas" if cfg.replicas > 1 else "")
+    micro = f", micro-batches={cfg.micro_batches}" if cfg.micro_batches > 1 else ""
     if not quiet:
         print(f"torchpint paranet train: {cfg.model} on {cfg.dataset} ({prep['data']['train']} train / "
               f"{prep['data']['test']} test samples, shape {tuple(cfg.input_shape)}), N={cfg.subnets}, K={cfg.iterations}, "
-              f"nproc={cfg.nproc}, replicas={cfg.replicas}, {cfg.threads} thread(s) per process, run folder {run_dir}", flush=True)
+              f"nproc={cfg.nproc}, replicas={cfg.replicas}{micro}, {cfg.threads} thread(s) per process, run folder {run_dir}", flush=True)
         print(prep["info_text"], flush=True)
     if cfg.nproc > 1 and launched_by_torchrun():
         init_from_env("nccl" if cfg.device == "cuda" else "gloo")
@@ -273,6 +286,7 @@ def format_table(results: dict[str, Any]) -> str:
     p = runs["paranet"]
     speed = f"{base / p['seconds_per_epoch']:.2f}x" if base else "-"
     replicas = f" x{cfg['replicas']} replicas" if cfg.get("replicas", 1) > 1 else ""
+    replicas += f", {cfg['micro_batches']} micro-batches" if cfg.get("micro_batches", 1) > 1 else ""
     rows.append((f"parareal N={cfg['subnets']} K={cfg['iterations']}{replicas}", str(cfg["nproc"]), f"{100 * p['test_acc']:.2f}%",
                  f"{p['params']:,}", f"{p['seconds_per_epoch']:.3f}", speed))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

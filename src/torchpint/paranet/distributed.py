@@ -449,9 +449,9 @@ class ParaNetWorker:
             grad_u = u.grad if u.grad is not None else torch.zeros_like(u)
             self.peer.send(grad_u, 0, _tag(3, k))
         saved.clear()
-        if self.copies is not None:  # complete here: average with the other replicas before stepping
-            average_gradients(list(self.module.parameters()), self.copies)
-        if header.update:
+        if header.update:  # the last pass before the step (earlier passes of accumulated micro-batches only add)
+            if self.copies is not None:  # complete here: average with the other replicas before stepping
+                average_gradients(list(self.module.parameters()), self.copies)
             self._step(header.lr)
 
     def _step(self, lr: float) -> None:

@@ -15,6 +15,14 @@ One loop serves every mode:
   checkpoints (the others' BatchNorm running statistics, used by no
   training step, are not kept).
 
+Gradient accumulation (``micro_batches = M``): each batch (each replica's
+shard of it) runs forward and backward in ``M`` consecutive pieces, each
+piece's loss weighted by its share of the batch, so the accumulated
+gradient is that of the whole batch's mean loss; one optimizer step
+follows the last piece (distributed workers step inside that piece's
+pass).  Memory for activations shrinks ``M``-fold; BatchNorm normalizes
+over each piece, as it does over each replica's shard.
+
 Optimizer: SGD with momentum and weight decay; learning rate per step from
 a cosine or step schedule (a pure function of epoch and step, so nothing
 about it needs saving).  Data order and augmentation draw from generators
@@ -92,6 +100,9 @@ class TrainConfig:
     seed: int = 0
     nproc: int = 1  # subnets x replicas with torch.distributed
     replicas: int = 1  # data-parallel copies of the distributed parareal network
+    # gradient accumulation: each batch (shard) runs forward/backward in this many consecutive pieces, then one
+    # optimizer step on the whole batch's mean-loss gradient; BatchNorm normalizes over each piece (as DDP over a shard)
+    micro_batches: int = 1
     threads: int = 1
     augment: str = "auto"
     balance: str = "time"
@@ -118,6 +129,7 @@ class TrainConfig:
     RESUME_KEYS = (
         "model", "dataset", "subnets", "iterations", "batch_size", "lr", "momentum", "weight_decay", "schedule",
         "seed", "augment", "coarse", "coarse_width", "depth", "width", "image_size", "max_train", "split_points",
+        "micro_batches",
     )  # fmt: skip
 
 
@@ -404,6 +416,16 @@ def _batches(n: int, batch: int, gen: torch.Generator, replicas: int = 1) -> lis
     return out
 
 
+def _pieces(batch: int, replicas: int, micro_batches: int) -> int:
+    """How many micro-batches a batch of ``batch`` samples runs in: ``micro_batches``, fewer for a short batch.
+
+    Each piece of the smallest shard keeps at least 2 samples (batch norm
+    cannot train on one), and the count depends on the batch alone, so every
+    replica runs the same number of passes (the copies' collectives pair up).
+    """
+    return max(1, min(micro_batches, batch // replicas // 2))
+
+
 def _evaluate(runner: _Local, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
     runner.net.eval()
     loss_sum, correct = 0.0, 0
@@ -436,10 +458,12 @@ def train_network(
         if folder is not None:
             meta = torch.load(folder / "meta.pt", map_location="cpu", weights_only=False)
             saved = meta["config"]
-            changed = [k for k in TrainConfig.RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+            defaults = {f.name: f.default for f in fields(TrainConfig)}  # for keys older checkpoints lack
+            changed = [k for k in TrainConfig.RESUME_KEYS if saved.get(k, defaults[k]) != getattr(cfg, k)]
             if changed:
                 raise ValueError(f"--resume: the run in {run_dir} was made with different "
-                                 + ", ".join(f"{k} ({saved.get(k)!r} there, {getattr(cfg, k)!r} now)" for k in changed))
+                                 + ", ".join(f"{k} ({saved.get(k, defaults[k])!r} there, {getattr(cfg, k)!r} now)"
+                                             for k in changed))
             runner.load(folder)
             random.setstate(meta["python_rng"])
             np.random.set_state(meta["numpy_rng"])
@@ -472,29 +496,35 @@ def train_network(
                 xb = augment(xb, aug_gen)
             xb, yb = runner.shard(xb), runner.shard(yb)
             lr = lr_at(cfg, epoch, step, steps)
-            out = runner.forward(xb.to(runner.device), epoch, step, lr)
-            yb = yb.to(out.device)
-            loss = F.cross_entropy(out, yb)
-            if fault.get("kind") == "nan" and fault.get("epoch") == epoch + 1 and fault.get("step", 0) == step:
-                loss = loss * float("nan")
-            value = loss.item()
-            if not math.isfinite(value):
-                bar.close()
-                last = latest_checkpoint(run_dir)
-                kept = f"the last checkpoint ({last}) is kept; --resume continues from it" if last else (
-                    "no checkpoint had been written yet")
-                raise NonFiniteLossError(
-                    f"{label}: the loss became {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
-                    f"training stopped; {kept} (a smaller --lr may help)"
-                )
-            if len(yb) * runner.replicas != len(idx):  # unequal shards: the average of the replicas' losses
-                loss = loss * (len(yb) * runner.replicas / len(idx))  # must be the whole batch's mean
-            loss.backward()
-            runner.after_backward()
+            pieces = _pieces(len(idx), runner.replicas, cfg.micro_batches)
+            for piece, (xp, yp) in enumerate(zip(xb.tensor_split(pieces), yb.tensor_split(pieces), strict=True)):
+                final = piece == pieces - 1  # the optimizer step (workers: inside this pass) follows the last piece
+                out = runner.forward(xp.to(runner.device), epoch, step, lr if final else None)
+                yp = yp.to(out.device)
+                loss = F.cross_entropy(out, yp)
+                if fault.get("kind") == "nan" and fault.get("epoch") == epoch + 1 and fault.get("step", 0) == step:
+                    loss = loss * float("nan")
+                value = loss.item()
+                if not math.isfinite(value):
+                    bar.close()
+                    last = latest_checkpoint(run_dir)
+                    kept = f"the last checkpoint ({last}) is kept; --resume continues from it" if last else (
+                        "no checkpoint had been written yet")
+                    raise NonFiniteLossError(
+                        f"{label}: the loss became {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
+                        f"training stopped; {kept} (a smaller --lr may help)"
+                    )
+                # the pieces' losses, weighted by their share of the batch, sum to the whole batch's mean
+                # (over the replicas too: their gradients are averaged, and shards may be unequal)
+                weight = len(yp) * runner.replicas / len(idx)
+                if weight != 1.0:
+                    loss = loss * weight
+                loss.backward()
+                loss_sum += value * len(yp)
+                correct += int((out.detach().argmax(1) == yp).sum())
+                seen += len(yp)
+            runner.after_backward()  # the hub: wait for the workers and average with the replicas, once a batch
             runner.step(lr, epoch, step)
-            loss_sum += value * len(yb)
-            correct += int((out.detach().argmax(1) == yb).sum())
-            seen += len(yb)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", refresh=False)
         seconds = time.perf_counter() - start
