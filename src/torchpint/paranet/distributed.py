@@ -449,9 +449,11 @@ class ParaNetWorker:
             grad_u = u.grad if u.grad is not None else torch.zeros_like(u)
             self.peer.send(grad_u, 0, _tag(3, k))
         saved.clear()
-        if header.update:  # the last pass before the step (earlier passes of accumulated micro-batches only add)
-            if self.copies is not None:  # complete here: average with the other replicas before stepping
-                average_gradients(list(self.module.parameters()), self.copies)
+        if self.copies is not None:  # complete here: average with the other replicas before stepping
+            # (after every pass: with accumulated micro-batches the earlier pieces' part is already equal on
+            # every copy, so averaging again leaves it unchanged; one all-reduce per piece)
+            average_gradients(list(self.module.parameters()), self.copies)
+        if header.update:
             self._step(header.lr)
 
     def _step(self, lr: float) -> None:
