@@ -280,14 +280,14 @@ def format_table(results: dict[str, Any]) -> str:
     runs = results["runs"]
     rows = [("network", "workers", "test acc", "params", "s/epoch", "speedup")]
     base = runs.get("original", {}).get("seconds_per_epoch")
+    micro = f", {cfg['micro_batches']} micro-batches" if cfg.get("micro_batches", 1) > 1 else ""  # both, trained alike
     if "original" in runs:
         o = runs["original"]
-        rows.append(("original", "1", f"{100 * o['test_acc']:.2f}%", f"{o['params']:,}", f"{o['seconds_per_epoch']:.3f}", "1.00x"))
+        rows.append((f"original{micro}", "1", f"{100 * o['test_acc']:.2f}%", f"{o['params']:,}", f"{o['seconds_per_epoch']:.3f}", "1.00x"))
     p = runs["paranet"]
     speed = f"{base / p['seconds_per_epoch']:.2f}x" if base else "-"
     replicas = f" x{cfg['replicas']} replicas" if cfg.get("replicas", 1) > 1 else ""
-    replicas += f", {cfg['micro_batches']} micro-batches" if cfg.get("micro_batches", 1) > 1 else ""
-    rows.append((f"parareal N={cfg['subnets']} K={cfg['iterations']}{replicas}", str(cfg["nproc"]), f"{100 * p['test_acc']:.2f}%",
+    rows.append((f"parareal N={cfg['subnets']} K={cfg['iterations']}{replicas}{micro}", str(cfg["nproc"]), f"{100 * p['test_acc']:.2f}%",
                  f"{p['params']:,}", f"{p['seconds_per_epoch']:.3f}", speed))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
