@@ -8,10 +8,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from torchpint.errors import ConfigError
+
 __all__ = ["DatasetError", "Datasets", "channel_stats", "make_datasets", "normalize"]
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigError):
     """A data set could not be loaded: unknown name, missing or corrupt file.
 
     A ValueError subclass so callers that validate arguments generically

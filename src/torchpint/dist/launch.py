@@ -26,8 +26,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from torchpint.errors import TorchPintError
 
-class WorkerError(RuntimeError):
+
+class WorkerError(TorchPintError, RuntimeError):
     """A worker process failed; the message says which rank and why."""
 
 

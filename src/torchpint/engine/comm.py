@@ -1,12 +1,20 @@
 """Communication between the ranks that share a time grid.
 
-MGRIT needs only three kinds of exchange, so that is all this module offers:
+MGRIT needs only three kinds of exchange:
 
 * the *halo*: a rank needs the value at the point just before its first point, which the
   previous non-empty rank owns (point-to-point, always forward in time, so no cycle of
   waits can form);
 * a *sum* over ranks (the space-time residual norm);
 * a *gather* of the local trajectories (to hand the whole solution to the caller).
+
+The networks built on the engine (parareal networks, layer-parallel ResNets) need three more,
+and this module is the one place that does messaging for them too:
+
+* *tagged* point-to-point tensors (``isend`` / ``recv_tensor``): several message streams
+  between the same pair of ranks, told apart by their tag;
+* ``broadcast`` of a tensor whose shape only the root knows;
+* ``gather_object`` of small picklable results on one rank.
 
 ``SerialComm`` is the one-process case; ``DistComm`` runs over a ``torch.distributed``
 process group (gloo on CPU, nccl on GPU).  Messages between a pair of ranks are matched in
@@ -38,6 +46,14 @@ class Comm(Protocol):
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]: ...
 
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None: ...
+
+    def recv_tensor(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, tag: int = 0) -> torch.Tensor: ...
+
+    def broadcast(self, value: torch.Tensor | None, root: int = 0) -> torch.Tensor: ...
+
+    def gather_object(self, obj: object, dst: int = 0) -> list[object] | None: ...
+
 
 class SerialComm:
     """One rank: every exchange is a no-op (there is no other rank to talk to)."""
@@ -59,6 +75,25 @@ class SerialComm:
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
         return [local]
+
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:  # pragma: no cover - never called
+        raise RuntimeError("SerialComm has no other rank to send to")
+
+    def recv_tensor(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, tag: int = 0) -> torch.Tensor:  # pragma: no cover
+        raise RuntimeError("SerialComm has no other rank to receive from")
+
+    def broadcast(self, value: torch.Tensor | None, root: int = 0) -> torch.Tensor:
+        if value is None:
+            raise ValueError("broadcast on one rank needs the value")
+        return value
+
+    def gather_object(self, obj: object, dst: int = 0) -> list[object] | None:
+        return [obj]
+
+
+# broadcast's header: ndim, dtype index, then the shape
+_MAX_DIMS = 12
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool]
 
 
 class DistComm:
@@ -83,11 +118,56 @@ class DistComm:
 
     def send(self, state: State, dst: int) -> None:
         # A private copy: the caller goes on updating the trajectory while the send is in flight.
-        buffer = flatten(state).to(self.device, copy=True).contiguous()
+        self._post(flatten(state).to(self.device, copy=True).contiguous(), dst, 0)
+
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
+        """Post ``tensor`` to ``dst`` with ``tag``; the buffer is kept alive until :meth:`wait_sends`."""
+        buffer = tensor.detach().to(self.device).contiguous()
+        if buffer.data_ptr() == tensor.data_ptr():
+            buffer = buffer.clone()  # the caller may change its tensor while the send is in flight
+        self._post(buffer, dst, tag)
+
+    def _post(self, buffer: torch.Tensor, dst: int, tag: int) -> None:
         self._in_flight.append(buffer)
-        work = dist.isend(buffer, self._global(dst), group=self.group)
+        work = dist.isend(buffer, self._global(dst), group=self.group, tag=tag)
         if work is not None:
             self._pending.append(work)
+
+    def recv_tensor(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, tag: int = 0) -> torch.Tensor:
+        """A tensor of ``shape`` and ``dtype`` sent by ``src`` with ``tag`` (on the comm device)."""
+        buffer = torch.empty(tuple(shape), dtype=dtype, device=self.device)
+        dist.recv(buffer, self._global(src), group=self.group, tag=tag)
+        return buffer
+
+    def broadcast(self, value: torch.Tensor | None, root: int = 0) -> torch.Tensor:
+        """``value`` (given on ``root`` only) on every rank; the receivers learn its shape and dtype.
+
+        Collective over the group: every rank calls it.  The root gets ``value`` itself back.
+        """
+        header = torch.zeros(_MAX_DIMS + 2, dtype=torch.int64, device=self.device)
+        if self.rank == root:
+            if value is None:
+                raise ValueError("broadcast: the root must give the value")
+            if value.dim() > _MAX_DIMS:
+                raise ValueError(f"broadcast: tensors of more than {_MAX_DIMS} dimensions are not supported")
+            header[0] = value.dim()
+            header[1] = _DTYPES.index(value.dtype)
+            header[2 : 2 + value.dim()] = torch.tensor(value.shape, dtype=torch.int64)
+        dist.broadcast(header, self._global(root), group=self.group)
+        if self.rank == root:
+            assert value is not None
+            dist.broadcast(value.detach().to(self.device).contiguous(), self._global(root), group=self.group)
+            return value
+        ndim = int(header[0])
+        buffer = torch.empty([int(d) for d in header[2 : 2 + ndim]], dtype=_DTYPES[int(header[1])], device=self.device)
+        dist.broadcast(buffer, self._global(root), group=self.group)
+        return buffer
+
+    def gather_object(self, obj: object, dst: int = 0) -> list[object] | None:
+        """Every rank's ``obj`` (small and picklable), in rank order, on ``dst``; ``None`` elsewhere."""
+        out: list[object] | None = [None] * self.size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=self._global(dst), group=self.group)
+        return out
 
     def recv(self, template: State, src: int) -> State:
         flat = flatten(template)
@@ -149,6 +229,19 @@ class ReversedComm:
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
         return list(reversed(self.inner.all_gather_sizes(local)))
+
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
+        self.inner.isend(tensor, self._map(dst), tag)
+
+    def recv_tensor(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, tag: int = 0) -> torch.Tensor:
+        return self.inner.recv_tensor(shape, dtype, self._map(src), tag)
+
+    def broadcast(self, value: torch.Tensor | None, root: int = 0) -> torch.Tensor:
+        return self.inner.broadcast(value, self._map(root))
+
+    def gather_object(self, obj: object, dst: int = 0) -> list[object] | None:
+        out = self.inner.gather_object(obj, self._map(dst))
+        return None if out is None else list(reversed(out))
 
 
 def default_comm() -> Comm:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from torchpint.errors import ConfigError
 
-class GridError(ValueError):
+
+class GridError(ConfigError):
     """A time grid that the requested coarsening cannot use."""
 
 

@@ -49,13 +49,11 @@ from torchpint.engine.state import (
 )
 from torchpint.engine.timing import PhaseTimer
 from torchpint.engine.transfer import correct, restrict
+from torchpint import errors
+from torchpint.errors import ConfigError
 
 
-class ConfigError(ValueError):
-    """Solver options that cannot work; the message says which and why."""
-
-
-class NonFiniteError(ArithmeticError):
+class NonFiniteError(errors.NonFiniteError):
     """A step produced NaN or Inf; the message names the iteration."""
 
     def __init__(self, iteration: int, where: str = "the space-time residual") -> None:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from torchpint import errors
 from torchpint.engine import (
     MGRIT,
     NonFiniteError,
@@ -59,7 +60,7 @@ from torchpint.layerpar.problems import (
 __all__ = ["LayerParallel", "NonFiniteActivationError", "ResidualStep"]
 
 
-class NonFiniteActivationError(ArithmeticError):
+class NonFiniteActivationError(errors.NonFiniteError):
     """NaN or Inf in the forward or the adjoint solve; the message names the layer."""
 
     def __init__(self, message: str, layer: int | None = None, phase: str = "forward") -> None:

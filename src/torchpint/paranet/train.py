@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchpint.errors import NonFiniteError
 from torchpint.data import Datasets, load_dataset, random_crop_flip
 from torchpint.models import build_model, count_parameters
 from torchpint.paranet.distributed import ParaNetHub
@@ -79,7 +80,7 @@ AUGMENTS = ("auto", "none", "crop", "crop-flip")
 CMD_SAVE = 10  # custom worker command: write your checkpoint part
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; training stopped and the last checkpoint was kept."""
 
 
