@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines and results: gradients vs serial on 2 processes, and digits training vs serial."""
     from torchpint.dist import run_workers
-    from torchpint.layerpar.checks import CheckCase, compare, serial_gradients
+    from torchpint.testing.layer_parallel import CheckCase, compare, serial_gradients
     from torchpint.layerpar.train import (
         demo_worker,
         max_parameter_difference,

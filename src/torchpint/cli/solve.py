@@ -14,7 +14,7 @@ import torch
 from torchpint.engine import MGRIT, ReversedComm, default_comm, time_grid
 from torchpint.engine.problem import Problem
 from torchpint.problems import Brusselator, Dahlquist, Heat1D, default_rhs
-from torchpint.problems.faults import FaultyProblem
+from torchpint.testing.faults import FaultyProblem
 
 PROBLEMS = ("dahlquist", "heat1d", "brusselator")
 

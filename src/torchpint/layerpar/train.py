@@ -308,7 +308,7 @@ def max_parameter_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 def demo_worker(cases: list[Any], config: TrainConfig) -> dict[str, Any]:
     """The demo's work on one rank, in one process group: gradient checks, then training."""
-    from torchpint.layerpar.checks import parallel_gradients
+    from torchpint.testing.layer_parallel import parallel_gradients
 
     return {"checks": parallel_gradients(cases), "train": train_worker(config)}
 

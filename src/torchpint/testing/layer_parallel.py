@@ -1,4 +1,4 @@
-"""Check a layer-parallel network against its serial equivalent (used by the tests and the demo).
+"""Check a layer-parallel network against its serial equivalent (a harness for the tests and the demo).
 
 ``parallel_gradients(cases)`` runs on every rank (e.g. spawned by
 :func:`torchpint.dist.run_workers`): it builds each small network, runs one forward and one
@@ -36,7 +36,7 @@ class CheckCase:
     seed: int = 0
 
 
-def build_network(case: CheckCase, comm: Any = None) -> LayerParallel:
+def build_check_network(case: CheckCase, comm: Any = None) -> LayerParallel:
     """A small float64 network, the same on every rank for a given seed."""
     torch.manual_seed(case.seed)
     w = case.width
@@ -72,7 +72,7 @@ def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def serial_gradients(case: CheckCase) -> dict[str, Any]:
     """Output, input gradient and every parameter gradient of the serial network (autograd)."""
-    net = build_network(case)
+    net = build_check_network(case)
     seq = net.to_sequential()
     x, y = check_data(case)
     x.requires_grad_(True)
@@ -87,7 +87,7 @@ def parallel_gradients(cases: list[CheckCase]) -> list[dict[str, Any]]:
     """The same, layer-parallel on this rank (call on every rank); only owned gradients are returned."""
     results = []
     for case in cases:
-        net = build_network(case)
+        net = build_check_network(case)
         x, y = check_data(case)
         x.requires_grad_(True)
         out = net(x if net.rank == 0 else None)
@@ -114,7 +114,7 @@ def nonfinite_errors(cases: list[tuple[CheckCase, str, int]]) -> list[dict[str, 
     the loss, ``(case, "input", 0)`` the input.  Returns each rank's error message and layer."""
     out = []
     for case, what, k in cases:
-        net = build_network(case)
+        net = build_check_network(case)
         x, y = check_data(case)
         if what == "layer":
             with torch.no_grad():

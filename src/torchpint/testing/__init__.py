@@ -1,0 +1,1 @@
+"""Test harnesses and deliberate failures: what the tests, the demo and ``--inject-fault`` use, not the library."""
