@@ -17,19 +17,18 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from torchpint.cli.plots import save_figure
 from torchpint.training.errors import DivergenceError, NonFiniteWeightsError
+from torchpint.training.experiment import paper_table, solve_case
 from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
-from torchpint.training.problem import level_learning_rate
-from torchpint.training.serial import serial_train, torch_optim_train
-from torchpint.training.solver import max_difference, memory_estimate, plan_levels, relative_difference, train_mgrit
-from torchpint.training.speedup import calibrate, level_steps, potential_speedup, predict_seconds
-from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, accuracy, build_task, digits_data
+from torchpint.training.solver import memory_estimate
+from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, build_task
 
 DEFAULT_STEPS = {"xor": 100, "addition": 100, "digits": 256}
 
@@ -105,128 +104,30 @@ def spec_from_args(args: argparse.Namespace) -> TaskSpec:
     )
 
 
-# ---------------------------------------------------------------------------------- one case
-def solve_case(spec: TaskSpec, nproc: int = 1, *, predict: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """MGRIT, serial training, their comparison and the speedup models for one ``spec``."""
-    task, options = build_task(spec)  # validates everything before any worker starts
-    if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    mem = memory_estimate(task, options, nproc)
-    check_limit(mem, options.max_memory)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    levels = plan_levels(task.steps, options)
-    lrs = [level_learning_rate(task.update.lr, lvl, options.growth, options.lr_max) for lvl in range(levels)]
-    say(f"torchpint mgrit-train {spec.task}: N={task.steps} steps, solver {spec.solver}, {options.cycle} "
-        f"({levels} levels, steps per level {level_steps(task.steps, levels, options.m)}), alpha_l = "
-        f"{[round(a, 6) for a in lrs]}, {task.update.name}, FCF, m={options.m}, coarse data '{options.coarse_data}', "
-        f"tol={1e-9 * math.sqrt(task.steps) if options.tol is None else options.tol:.3g}, nproc={nproc}")
-    say(f"memory: {mem.describe()}")
-    options.verbose = not quiet
-    result = train_mgrit(task, replace(options), nproc=nproc)
-
-    serial = serial_train(task, keep="all" if options.store == "all" else "last")
-    optim = torch_optim_train(task, keep="last")
-    final_diff = max_difference(result.weights, serial.weights)
-    if serial.trajectory is not None and result.trajectory is not None:
-        traj_diff = max_difference(task.update.weights(result.trajectory), task.update.weights(serial.trajectory))
-    else:
-        traj_diff = final_diff
-    optim_diff = max_difference(result.weights, optim.weights)
-    out: dict[str, Any] = {
-        "task": spec.task,
-        "spec": asdict(spec),
-        "nproc": nproc,
-        **result.summary(),
-        "max_weight_diff_vs_serial": traj_diff,
-        "final_weight_diff_vs_serial": final_diff,
-        "final_weight_rel_diff_vs_serial": relative_difference(result.weights, serial.weights),
-        "final_weight_diff_vs_torch_optim": optim_diff,
-        "serial_seconds": serial.seconds,
-        "torch_optim_seconds": optim.seconds,
-        "num_weights": task.num_weights,
-    }
-    out["seconds_ratio_serial_over_mgrit"] = optim.seconds / result.seconds if result.seconds > 0 else math.nan
-    if predict:
-        largest = max((max(v) for v in result.calls.values() if v), default=1)
-        cost = calibrate(task, largest, repeats=2, chunk=None)
-        out["predicted_seconds"] = predict_seconds(result.calls, cost, 1)
-        out["predicted_serial_seconds"] = task.steps * cost.single
-        out["step_cost"] = cost.as_dict()
-    if spec.task == "digits":
-        _, _, xt, yt = digits_data(spec.seed)
-        out["test_accuracy_mgrit"] = accuracy(task, result.weights, xt, yt)
-        out["test_accuracy_serial"] = accuracy(task, serial.weights, xt, yt)
-    _print_result(out, say)
+# ---------------------------------------------------------------------------------- ranks
+def rank_main(spec: TaskSpec, table: int | None, max_n: int, predict: bool) -> dict[str, Any] | None:
+    """What every rank runs; rank 0 returns the JSON-ready result (weights as a list)."""
+    if table is not None:
+        return paper_table(table, max_n, base=spec)
+    out = solve_case(spec, predict=predict)
+    if out is not None:
+        out["weights"] = out["weights"].tolist()
     return out
 
 
-def _print_result(out: dict[str, Any], say: Any) -> None:
-    status = "converged" if out["converged"] else "NOT converged"
-    say(f"result: {status} after {out['iterations']} iterations, rho = {out['rho']:.3f} "
-        f"((||r_k||/||r_0||)^(1/k), ||r_0|| = {out['initial_residual']:.3e})")
-    say(f"  max |w - w_serial| over the trajectory {out['max_weight_diff_vs_serial']:.2e}, final weights "
-        f"{out['final_weight_diff_vs_serial']:.2e} (relative {out['final_weight_rel_diff_vs_serial']:.1e}; "
-        f"vs torch.optim: {out['final_weight_diff_vs_torch_optim']:.2e})")
-    say(f"  potential speedup (paper model, {out['sequential_phi']} sequential Phi for N={out['level_steps'][0]}): "
-        f"{out['potential_speedup']:.2f}")
-    line = (f"  seconds: MGRIT {out['seconds']:.3f} on {out['nproc']} process(es); serial training "
-            f"{out['torch_optim_seconds']:.3f} (torch.optim), {out['serial_seconds']:.3f} (same Phi); "
-            f"serial/MGRIT = {out['seconds_ratio_serial_over_mgrit']:.2f}")
-    say(line)
-    if "predicted_seconds" in out:
-        say(f"  model (calibrated batched-step cost, no communication): MGRIT {out['predicted_seconds']:.3f} s "
-            f"on {out['nproc']} process(es), serial {out['predicted_serial_seconds']:.3f} s")
-    if "test_accuracy_mgrit" in out:
-        say(f"  test accuracy: MGRIT weights {out['test_accuracy_mgrit']:.4f}, serial weights "
-            f"{out['test_accuracy_serial']:.4f}")
+def launch(nproc: int, args: tuple[Any, ...]) -> dict[str, Any] | None:
+    """Run :func:`rank_main` here, on ``nproc`` new processes, or as this rank of torchrun's job."""
+    from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
 
-
-# ---------------------------------------------------------------------------------- paper tables
-def paper_table(number: int, max_n: int = 6400, nproc: int = 1, *, quiet: bool = False,
-                base: TaskSpec | None = None) -> dict[str, Any]:
-    """Rerun paper table ``number`` for N <= max_n; paper vs measured, side by side."""
-    table = PAPER_TABLES[number]
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    base = base or TaskSpec()
-    rows: list[dict[str, Any]] = []
-    say(f"paper table {number}: {table.title}")
-    header = (f"{'N':>6} | {'paper it/rho':>12} | {'ours it/rho':>11} | {'d it':>4} | {'max |w-w_ser|':>13} | "
-              f"{'final rel':>9} | "
-              f"{'levels':>6} | {'pot. speedup':>12} | {'MGRIT s':>8} | {'serial s':>8}")
-    say(header)
-    say("-" * len(header))
-    for n, it_paper, rho_paper in table.rows(max_n):
-        spec = replace(base, task="xor", steps=n, solver=table.solver, cycle=table.cycle, alpha_b=table.alpha_b,
-                       alpha_max=table.alpha_max, verbose=False)
-        task, options = build_task(spec)
-        options.verbose = False
-        result = train_mgrit(task, options, nproc=nproc)
-        serial = serial_train(task, keep="all")
-        optim = torch_optim_train(task, keep="last")
-        diff = max_difference(task.update.weights(result.trajectory), task.update.weights(serial.trajectory))
-        row = {
-            "N": n, "paper_iterations": it_paper, "paper_rho": rho_paper, "iterations": result.iterations,
-            "rho": result.rho, "converged": result.converged, "max_weight_diff_vs_serial": diff,
-            "final_weight_diff_vs_serial": max_difference(result.weights, serial.weights),
-            "final_weight_rel_diff_vs_serial": relative_difference(result.weights, serial.weights),
-            "levels": result.levels, "potential_speedup": result.potential_speedup,
-            "paper_potential_speedup": _paper_speedup(n, it_paper, table.cycle, result.levels),
-            "seconds": result.seconds, "serial_seconds": serial.seconds, "torch_optim_seconds": optim.seconds,
-            "residuals": result.residuals, "initial_residual": result.initial_residual,
-        }
-        rows.append(row)
-        say(f"{n:>6} | {it_paper:>5} / {rho_paper:4.2f} | {result.iterations:>4} / {result.rho:4.2f} | "
-            f"{result.iterations - it_paper:>+4d} | {diff:13.2e} | {row['final_weight_rel_diff_vs_serial']:9.1e} | "
-            f"{result.levels:>6} | {result.potential_speedup:12.2f} | "
-            f"{result.seconds:8.2f} | {optim.seconds:8.2f}")
-    worst = max(abs(r["iterations"] - r["paper_iterations"]) for r in rows)
-    say(f"largest difference from the paper's iteration counts: {worst} (N <= {max_n}); "
-        f"rho here is (||r_k||/||r_0||)^(1/k) with r_0 the initial guess's residual")
-    return {"table": number, "title": table.title, "rows": rows, "max_iteration_difference": worst, "nproc": nproc}
-
-
-def _paper_speedup(n: int, iterations: int, cycle: str, levels: int) -> float:
-    return potential_speedup(n, iterations, cycle, levels)
+    if launched_by_torchrun():
+        init_from_env()
+        try:
+            return rank_main(*args)
+        finally:
+            torch.distributed.destroy_process_group()
+    if nproc > 1:
+        return run_workers(rank_main, nproc, args)[0]
+    return rank_main(*args)
 
 
 def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str, title: str = "") -> None:
@@ -263,28 +164,34 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     spec = spec_from_args(args)
+    task, options = build_task(spec)  # validates everything before any worker starts
     if args.paper_table is not None:
         if args.task != "xor":
             raise ValueError("--paper-table reruns the paper's XOR tables: use `torchpint mgrit-train xor --paper-table N`")
         if args.max_n < PAPER_N[0]:
             raise ValueError(f"--max-n must be >= {PAPER_N[0]}, got {args.max_n}")
-        out = paper_table(args.paper_table, args.max_n, args.nproc, base=spec)
-        if args.plot:
-            plot_speedup({f"table {args.paper_table}": out["rows"]}, args.plot, PAPER_TABLES[args.paper_table].title)
-            print(f"speedup plot: {args.plot}")
     else:
-        try:
-            out = solve_case(spec, args.nproc, predict=args.predict)
-        except (DivergenceError, NonFiniteWeightsError) as error:
-            print(f"torchpint: stopped: {error}", file=sys.stderr, flush=True)
-            if args.json:
-                print(json.dumps({"error": str(error), "kind": type(error).__name__,
-                                  "residuals": getattr(error, "residuals", None)}), flush=True)
-            return 1
-        if args.plot:
-            plot_history({f"MGRIT, {args.nproc} proc.": out["residuals"]}, args.plot,
-                         f"{spec.task}, solver {spec.solver}, {spec.cycle}, N={spec.steps}")
-            print(f"convergence plot: {args.plot}")
+        check_limit(memory_estimate(task, options, args.nproc), options.max_memory)
+        if args.nproc > task.steps + 1:
+            raise ValueError(f"--nproc {args.nproc} is more than the {task.steps + 1} time points (every rank must own one)")
+    try:
+        out = launch(args.nproc, (spec, args.paper_table, args.max_n, args.predict))
+    except (DivergenceError, NonFiniteWeightsError) as error:
+        print(f"torchpint: stopped: {error}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"error": str(error), "kind": type(error).__name__,
+                              "residuals": getattr(error, "residuals", None)}), flush=True)
+        return 1
+    if out is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
+    out.pop("weights", None)
+    if args.plot and args.paper_table is not None:
+        plot_speedup({f"table {args.paper_table}": out["rows"]}, args.plot, PAPER_TABLES[args.paper_table].title)
+        print(f"speedup plot: {args.plot}")
+    elif args.plot:
+        plot_history({f"MGRIT, {out['world_size']} proc.": out["residuals"]}, args.plot,
+                     f"{spec.task}, solver {spec.solver}, {spec.cycle}, N={spec.steps}")
+        print(f"convergence plot: {args.plot}")
     if args.json:
         print(json.dumps(_finite(out), default=float), flush=True)
     return 0
@@ -309,7 +216,7 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
     print(f"[mgrit-train] digits MLP 64-32-10 (tanh), {spec.steps} SGD steps (lr {spec.alpha_b}, batch {spec.batch}), "
           f"MGRIT V-cycle over the training steps", flush=True)
     start = time.perf_counter()
-    res = solve_case(spec, 1, predict=False)
+    res = solve_case(spec, predict=False)
     plot_history({"MGRIT V-cycle, digits MLP": res["residuals"]}, str(out / "mgrit_train_residuals.png"),
                  "MGRIT over 256 SGD steps (digits MLP)")
     rows = ["| iteration | residual | factor |", "|---:|---:|---:|"]
@@ -331,7 +238,7 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         f"- largest weight difference from serial training (all {spec.steps + 1} points): "
         f"{res['max_weight_diff_vs_serial']:.2e}; final weights vs torch.optim.SGD: "
         f"{res['final_weight_diff_vs_torch_optim']:.2e}",
-        f"- test accuracy: MGRIT weights {res['test_accuracy_mgrit']:.4f}, serial weights "
+        f"- test accuracy: MGRIT weights {res['test_accuracy']:.4f}, serial weights "
         f"{res['test_accuracy_serial']:.4f}",
         f"- potential speedup (paper's model, enough processes): {res['potential_speedup']:.2f}; "
         f"wall-clock here: MGRIT {res['seconds']:.2f} s on one process vs serial {res['torch_optim_seconds']:.2f} s",
