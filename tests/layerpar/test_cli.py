@@ -32,6 +32,19 @@ def test_train_writes_metrics_plot_model_and_matches_serial(capsys, tmp_path, np
     assert (tmp_path / "training.png").stat().st_size > 0 and (tmp_path / "model.pt").stat().st_size > 0
 
 
+def test_layers_x_data_parallel_training_matches_serial(capsys, tmp_path) -> None:
+    """2 layer ranks x 2 data groups: each group trains on half of every batch; the whole-batch gradients
+    (one all-reduce per step) keep the copies identical and equal to serial training."""
+    assert main([*TINY, "--nproc", "4", "--data-parallel", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(2 layer ranks x 2 data groups)" in out
+    summary = last_json(out)
+    assert summary["config"]["data_parallel"] == 2
+    assert summary["max_parameter_difference"] < 1e-7
+    assert summary["train_loss_layer_parallel"] == pytest.approx(summary["train_loss_serial"], rel=1e-9)
+    assert summary["test_accuracy_layer_parallel"] == summary["test_accuracy_serial"]
+
+
 def test_mlp_without_serial(capsys, tmp_path) -> None:
     args = [*TINY, "--arch", "mlp", "--width", "8", "--levels", "1", "--no-serial", "--out", str(tmp_path)]
     assert main(args) == 0
@@ -49,6 +62,9 @@ def test_mlp_without_serial(capsys, tmp_path) -> None:
         (["--epochs", "0"], "epochs must be >= 1"),
         (["--relax", "CF"], "unknown relaxation"),
         (["--dataset", "nope"], "unknown data set 'nope'"),
+        (["--nproc", "4", "--data-parallel", "3"], "3 data-parallel groups do not divide the 4 processes"),
+        (["--nproc", "4", "--data-parallel", "4", "--batch", "2"], "a batch of 2 examples cannot be split over 4"),
+        (["--nproc", "2", "--data-parallel", "2", "--batch", "1436"], "the last batch of an epoch has 1 examples"),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, tmp_path, args, message) -> None:

@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--levels", type=int, default=defaults.levels, help="MGRIT levels (1 = exact serial pass, pipelined)")
     train.add_argument("--cf", type=int, default=defaults.cf, help="coarsening factor")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--nproc", type=int, default=defaults.nproc, help="processes the layers are split over")
+    train.add_argument("--nproc", type=int, default=defaults.nproc,
+                       help="processes: layer ranks x --data-parallel (the layers are split over nproc / D)")
+    train.add_argument("--data-parallel", type=int, default=defaults.data_parallel, metavar="D",
+                       help="data groups, each a layer-parallel network on its shard of the batch (divides --nproc)")
     train.add_argument("--dataset", default=defaults.dataset, help="data set (digits; mlp: any generated set)")
     train.add_argument("--out", default="runs/layer-parallel", help="folder for metrics.json, training.png, model.pt")
     train.add_argument("--arch", choices=ARCHS, default=defaults.arch, help="conv: 3x3 conv + tanh steps; mlp: linear + tanh")
@@ -63,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cf=args.cf, relax=args.relax, cycle=args.cycle, nested=args.nested, fwd_max_iter=args.fwd_max_iter,
         bwd_max_iter=args.bwd_max_iter, fwd_tol=args.fwd_tol, bwd_tol=args.bwd_tol, epochs=args.epochs,
         batch=args.batch, lr=args.lr, momentum=args.momentum, seed=args.seed, dtype=args.dtype, nproc=args.nproc,
+        data_parallel=args.data_parallel,
         progress=args.progress, checkpoint_dir=str(Path(args.out) / "checkpoints"), resume=args.resume,
     )
 
@@ -147,7 +151,8 @@ def run_train(args: argparse.Namespace) -> int:
           f"T={config.T:g}) on {config.dataset}, MGRIT {config.levels} levels, cf={config.cf}, {config.relax}, "
           f"{config.cycle}-cycle, fwd/bwd max_iter {config.fwd_max_iter}/{config.bwd_max_iter}, "
           f"tol {config.fwd_tol:g}/{config.bwd_tol:g}, {config.epochs} epochs, batch {config.batch}, "
-          f"SGD lr {config.lr:g} momentum {config.momentum:g}, {config.dtype}, nproc={config.nproc}", flush=True)
+          f"SGD lr {config.lr:g} momentum {config.momentum:g}, {config.dtype}, nproc={config.nproc} "
+          f"({config.nproc // config.data_parallel} layer ranks x {config.data_parallel} data groups)", flush=True)
     start = time.perf_counter()
     result = train_and_compare(config, serial=args.serial)
     summary = write_outputs(result, Path(args.out))

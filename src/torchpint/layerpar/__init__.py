@@ -34,6 +34,11 @@ Design (see the module docstrings for the details):
   rank runs the same training loop.
 * Steps of a batch of intervals are one call: vmapped over stacked weights (GPU) or a loop of
   plain module calls (CPU, where vmapped convolutions are slower), ``step_mode``.
+* Layer x data parallelism (``P = P_layers x D``): :func:`~torchpint.layerpar.layout.layer_data_comms`
+  splits the world into ``D`` layer groups (each one network, on its :func:`batch_shard` of the
+  batch) and ``P_layers`` data groups; ``LayerParallel(comm=layer, data_comm=data)`` and, after
+  ``loss.backward()``, ``net.average_gradients(share)``: one flattened all-reduce per step gives
+  every copy the whole batch's gradients.
 * Non-finite values: the first layer that turns finite activations (or adjoint states) into
   NaN/Inf is named, the same on every rank; if the exact pass is finite, the coarse level is
   blamed (its larger steps are unstable).
@@ -43,11 +48,20 @@ Limitations: step layers must be pure functions of (parameters, input) of the sa
 activations are distributed); no warm start of MGRIT from the previous batch's solution.
 """
 
-from torchpint.layerpar.layout import LayerLayout, plan_layout
+from torchpint.layerpar.layout import LayerLayout, batch_shard, layer_data_comms, layer_data_ranks, plan_layout
 from torchpint.layerpar.network import (
     LayerParallel,
     NonFiniteActivationError,
     ResidualStep,
 )
 
-__all__ = ["LayerLayout", "LayerParallel", "NonFiniteActivationError", "ResidualStep", "plan_layout"]
+__all__ = [
+    "LayerLayout",
+    "LayerParallel",
+    "NonFiniteActivationError",
+    "ResidualStep",
+    "batch_shard",
+    "layer_data_comms",
+    "layer_data_ranks",
+    "plan_layout",
+]

@@ -16,6 +16,11 @@ MGRIT computes a point on the rank that owns it, from the point before it:
 * adjoint (reversed time ``s = L - k``, ranks numbered backwards, the mirrored partition):
   the step into adjoint point ``s`` is the transposed step of layer ``L - s`` at the forward
   state ``x_{L-s}``: both belong to the rank that owns ``s``.  No replica is needed.
+
+Layer x data parallelism (:func:`layer_data_comms`): ``P = P_layers x D`` processes form ``D``
+layer groups (each one whole layer-parallel network, on its shard of the batch) and
+``P_layers`` data groups (the ``D`` copies of one block of layers, which average their
+gradients: :meth:`~torchpint.layerpar.LayerParallel.average_gradients`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
+
+from torchpint.engine.comm import Comm, DistComm, SerialComm
 from torchpint.engine.mgrit import ConfigError
 
 
@@ -108,3 +117,71 @@ def plan_layout(layers: int, levels: int, cf: int | list[int], size: int) -> Lay
     lo, _ = blocks[-1]
     blocks[-1] = (lo, layers + 1)  # the last rank also owns the output point
     return LayerLayout(layers=layers, size=size, cf=tuple(cfs), ranges=tuple(blocks))
+
+
+def layer_data_ranks(world_size: int, data_parallel: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The process grid of layer x data parallelism: ``(layer groups, data groups)`` as world ranks.
+
+    World rank ``w`` is layer rank ``w % P_layers`` of data group ``w // P_layers``
+    (``P_layers = world_size / data_parallel``): each layer group is one whole layer-parallel
+    network (consecutive ranks, so its point-to-point messages stay between neighbours), and each
+    data group holds the ``data_parallel`` copies of one block of layers, which average their
+    gradients.
+    """
+    if data_parallel < 1:
+        raise ConfigError(f"the number of data-parallel groups must be >= 1, got {data_parallel}")
+    if world_size % data_parallel != 0:
+        raise ConfigError(
+            f"{data_parallel} data-parallel groups do not divide the {world_size} processes: the processes are "
+            f"layer ranks x data groups, so their number must be a multiple of {data_parallel}"
+        )
+    per_network = world_size // data_parallel
+    layer_groups = [list(range(d * per_network, (d + 1) * per_network)) for d in range(data_parallel)]
+    data_groups = [list(range(r, world_size, per_network)) for r in range(per_network)]
+    return layer_groups, data_groups
+
+
+def layer_data_comms(data_parallel: int = 1) -> tuple[Comm, Comm]:
+    """``(layer comm, data comm)`` of this process in the grid of :func:`layer_data_ranks` (collective).
+
+    Every process of ``torch.distributed``'s world must call it (process groups are created
+    collectively); without an initialised world (one process) ``data_parallel`` must be 1.
+    Give the layer comm to ``LayerParallel(comm=...)`` and the data comm to ``data_comm=...``.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        layer_data_ranks(1, data_parallel)  # validates: only 1 divides one process
+        return SerialComm(), SerialComm()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    layer_groups, data_groups = layer_data_ranks(world, data_parallel)
+    per_network = world // data_parallel
+
+    def mine(groups: list[list[int]]) -> Comm:
+        own: Comm = SerialComm()
+        for ranks in groups:  # every process creates every group, in the same order
+            if len(ranks) == 1:
+                continue  # a group of one process talks to nobody
+            group = None if len(ranks) == world else dist.new_group(ranks)
+            if rank in ranks:
+                own = DistComm(group)
+        return own
+
+    layer, data = mine(layer_groups), mine(data_groups)
+    assert layer.size == per_network and data.size == data_parallel
+    return layer, data
+
+
+def batch_shard(batch: torch.Tensor, data_comm: Comm) -> tuple[torch.Tensor, float]:
+    """This data group's contiguous shard of ``batch`` (balanced) and its share ``len(shard) / len(batch)``.
+
+    The share is the ``weight`` of :meth:`~torchpint.layerpar.LayerParallel.average_gradients`
+    for a mean loss.  A batch with fewer examples than data groups is an error (a group would
+    have nothing to compute with).
+    """
+    groups = data_comm.size
+    if len(batch) < groups:
+        raise ConfigError(
+            f"a batch of {len(batch)} examples cannot be split over {groups} data-parallel groups: "
+            f"use batches of at least {groups} examples, or fewer data groups"
+        )
+    shard = torch.tensor_split(batch, groups)[data_comm.rank]
+    return shard, len(shard) / len(batch)

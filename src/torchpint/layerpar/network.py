@@ -37,6 +37,7 @@ from torchpint.engine import (
     MGRIT,
     NonFiniteError,
     ReversedComm,
+    SerialComm,
     default_comm,
     time_grid,
 )
@@ -105,7 +106,11 @@ class LayerParallel(nn.Module):
         step_mode: how a batch of steps through different layers is evaluated: ``"vmap"`` (one
             ``torch.func.vmap`` call over stacked weights), ``"loop"`` (a call per layer) or
             ``"auto"`` (vmap on CUDA, loop on CPU, where vmapped convolutions are slower).
-        comm: how ranks talk (default: torch.distributed if initialised with > 1 rank, else serial).
+        comm: how the ranks of this network talk (default: torch.distributed if initialised with
+            > 1 rank, else serial).
+        data_comm: layer x data parallelism: the copies of this rank's layers in the other data
+            groups (:func:`~torchpint.layerpar.layout.layer_data_comms`); after
+            ``loss.backward()`` call :meth:`average_gradients`.  Default: no data parallelism.
     """
 
     def __init__(
@@ -129,6 +134,7 @@ class LayerParallel(nn.Module):
         bwd_rtol: float = 0.0,
         step_mode: str = "auto",
         comm: Comm | None = None,
+        data_comm: Comm | None = None,
     ) -> None:
         super().__init__()
         if step_mode not in STEP_MODES:
@@ -147,6 +153,7 @@ class LayerParallel(nn.Module):
             raise ConfigError(f"cycle must be 'V' or 'F', got {cycle!r}")
         parse_relax(relax)
         self.comm: Comm = comm if comm is not None else default_comm()
+        self.data_comm: Comm = data_comm if data_comm is not None else SerialComm()
         self.layout: LayerLayout = plan_layout(layers, levels, cf, self.comm.size)
         self.num_layers = layers
         self.T = float(T)
@@ -183,6 +190,31 @@ class LayerParallel(nn.Module):
             yield from self.layers[k].parameters()
         if self.comm.rank == 0:
             yield from self.closing.parameters()
+
+    @torch.no_grad()
+    def average_gradients(self, weight: float | None = None, extra: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Layer x data parallelism: every copy of a layer gets ``sum over data groups of weight * grad``.
+
+        One flattened all-reduce over ``data_comm`` of this rank's parameter gradients, and of
+        ``extra`` (not weighted: e.g. the shard's loss sum and hit count for the log), which is
+        returned summed over the data groups.  ``weight``: this data group's share:
+        ``len(shard) / len(batch)`` for a mean loss (the default ``1 / D`` is that for equal
+        shards), ``1.0`` for a sum loss; then the gradients are the whole batch's.  Collective
+        over the data group (call it on every rank, also without a data group: then only the
+        weight is applied).
+        """
+        share = 1.0 / self.data_comm.size if weight is None else float(weight)
+        params = [p for p in self.local_parameters() if p.grad is not None]
+        parts = [p.grad * share for p in params] + ([extra.detach()] if extra is not None else [])
+        if not parts:
+            return None
+        # Summed in float64; every copy receives the same bits, so the copies stay identical.
+        wide = [t.to(torch.float64) for t in parts]
+        total = self.data_comm.sum(flatten(wide)) if self.data_comm.size > 1 else flatten(wide)
+        values = unflatten(total, wide)
+        for p, value in zip(params, values):
+            p.grad.copy_(value)
+        return values[-1].to(extra.dtype) if extra is not None else None
 
     def _check_architecture(self) -> None:
         first = [(n, tuple(p.shape), p.dtype) for n, p in self.layers[0].named_parameters()]

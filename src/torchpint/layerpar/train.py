@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from torchpint.data import load_dataset
 from torchpint.data.base import Datasets
 from torchpint.engine.mgrit import ConfigError, parse_relax
-from torchpint.layerpar.layout import plan_layout
+from torchpint.layerpar.layout import batch_shard, layer_data_comms, layer_data_ranks, plan_layout
 from torchpint.layerpar.network import LayerParallel
 
 ARCHS = ("conv", "mlp")
@@ -57,7 +57,8 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     dtype: str = "float64"
-    nproc: int = 1
+    nproc: int = 1  # all processes: layer ranks x data_parallel
+    data_parallel: int = 1  # data groups, each one layer-parallel network on its shard of the batch
     progress: bool = True
     checkpoint_dir: str | None = None  # a checkpoint per rank after every epoch
     resume: bool = False  # continue from the checkpoints in checkpoint_dir
@@ -68,7 +69,7 @@ class TrainConfig:
             raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("width", "epochs", "batch", "nproc", "fwd_max_iter", "bwd_max_iter"):
+        for name in ("width", "epochs", "batch", "nproc", "data_parallel", "fwd_max_iter", "bwd_max_iter"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -83,7 +84,18 @@ class TrainConfig:
         if self.cycle.upper() not in ("V", "F"):
             raise ConfigError(f"cycle must be V or F, got {self.cycle!r}")
         parse_relax(self.relax)
-        plan_layout(self.layers, self.levels, self.cf, self.nproc)
+        layer_data_ranks(self.nproc, self.data_parallel)
+        if self.batch < self.data_parallel:
+            raise ConfigError(f"a batch of {self.batch} examples cannot be split over {self.data_parallel} "
+                              f"data-parallel groups: use --batch >= {self.data_parallel}")
+        plan_layout(self.layers, self.levels, self.cf, self.nproc // self.data_parallel)
+
+    def check_last_batch(self, examples: int) -> None:
+        """Every batch of an epoch, the last one too, must have an example for each data group."""
+        last = examples % self.batch
+        if 0 < last < self.data_parallel:
+            raise ConfigError(f"the last batch of an epoch has {last} examples ({examples} % {self.batch}), fewer "
+                              f"than the {self.data_parallel} data-parallel groups: choose another --batch")
 
 
 def load_data(config: TrainConfig) -> Datasets:
@@ -95,7 +107,9 @@ def load_data(config: TrainConfig) -> Datasets:
     return data
 
 
-def build_network(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, comm: Any = None) -> LayerParallel:
+def build_network(
+    config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, comm: Any = None, data_comm: Any = None
+) -> LayerParallel:
     """The layer-parallel ResNet (same weights on every rank for a given seed)."""
     torch.manual_seed(config.seed)
     w = config.width
@@ -113,6 +127,7 @@ def build_network(config: TrainConfig, input_shape: tuple[int, ...], num_classes
         factory, config.layers, config.T, opening=opening, closing=closing, levels=config.levels, cf=config.cf,
         relax=config.relax, cycle=config.cycle, nested=config.nested, fwd_max_iter=config.fwd_max_iter,
         bwd_max_iter=config.bwd_max_iter, fwd_tol=config.fwd_tol, bwd_tol=config.bwd_tol, comm=comm,
+        data_comm=data_comm,
     )
     return net.to(DTYPES[config.dtype])
 
@@ -134,23 +149,33 @@ def _accuracy(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor) -> floa
 
 
 def _sgd_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor | None, y: torch.Tensor
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor | None, y: torch.Tensor,
+    data_parallel: tuple[LayerParallel, float] | None = None,
 ) -> tuple[float, int]:
-    """One training step (the same for the layer-parallel and the serial network): loss, hits."""
+    """One training step (the same for the layer-parallel and the serial network): loss, hits.
+
+    ``data_parallel = (net, share)``: ``x, y`` are this data group's shard (``share`` of the
+    batch); the gradients, loss and hits of the shards are combined in one all-reduce."""
     out = model(x)
     loss = F.cross_entropy(out, y)
     optimizer.zero_grad()
     loss.backward()
+    log = torch.stack([loss.detach().double(), (out.argmax(1) == y).sum().double()])
+    if data_parallel is not None:
+        net, share = data_parallel
+        log = net.average_gradients(share, log * torch.tensor([share, 1.0], dtype=torch.float64))
     optimizer.step()
-    return float(loss.detach()), int((out.argmax(1) == y).sum())
+    return float(log[0]), int(log[1])
 
 
 def train_worker(config: TrainConfig) -> dict[str, Any]:
     """Layer-parallel training on this rank (call on every rank); rank 0 returns the history."""
     data = load_data(config)
     dtype = DTYPES[config.dtype]
-    net = build_network(config, data.input_shape, data.num_classes)
-    lead = net.rank == 0
+    layer_comm, data_comm = layer_data_comms(config.data_parallel)
+    net = build_network(config, data.input_shape, data.num_classes, layer_comm, data_comm)
+    lead = net.rank == 0  # the first layer rank of every data group: it has the input and the output
+    reporter = lead and data_comm.rank == 0
     optimizer = torch.optim.SGD(list(net.local_parameters()), lr=config.lr, momentum=config.momentum)
     x_test, y_test = data.test.tensors
     x_test = x_test.to(dtype)
@@ -162,14 +187,16 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
         state = _load_checkpoint(checkpoint, net, optimizer)
         history, losses, batches, elapsed = state["history"], state["losses"], state["batches"], state["seconds"]
         first_epoch = state["epoch"] + 1
-        if lead and config.progress:
+        if reporter and config.progress:
             print(f"  resumed from {config.checkpoint_dir} after epoch {state['epoch']}", flush=True)
     start = time.perf_counter() - elapsed
     for epoch in range(first_epoch, config.epochs + 1):
         fwd_iters, bwd_iters, correct, seen, epoch_loss = [], [], 0, 0, 0.0
-        bar = _progress(_loader(data, config), f"layer-parallel epoch {epoch}/{config.epochs}", config.progress and lead)
+        bar = _progress(_loader(data, config), f"layer-parallel epoch {epoch}/{config.epochs}", config.progress and reporter)
         for xb, yb in bar:
-            value, hits = _sgd_step(net, optimizer, xb.to(dtype) if lead else None, yb)
+            x_shard, share = batch_shard(xb, data_comm)
+            y_shard, _ = batch_shard(yb, data_comm)
+            value, hits = _sgd_step(net, optimizer, x_shard.to(dtype) if lead else None, y_shard, (net, share))
             batches += 1
             losses.append(value)
             epoch_loss += value * len(yb)
@@ -190,19 +217,20 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
             "backward_iterations_max": int(max(bwd_iters)),
             "seconds": time.perf_counter() - start,
         })
-        if config.progress and lead:
+        if config.progress and reporter:
             h = history[-1]
             print(f"  layer-parallel epoch {epoch}: loss {h['train_loss']:.4f}, train acc {h['train_accuracy']:.4f}, "
                   f"test acc {test_acc:.4f}, MGRIT iterations fwd {h['forward_iterations_mean']:.2f} "
                   f"bwd {h['backward_iterations_mean']:.2f}", flush=True)
-        if checkpoint is not None:
+        if checkpoint is not None and data_comm.rank == 0:  # the data groups' copies are identical
             _save_checkpoint(checkpoint, net, optimizer, {
                 "epoch": epoch, "history": history, "losses": losses, "batches": batches,
                 "seconds": time.perf_counter() - start,
             })
     seconds = time.perf_counter() - start
     net.gather_parameters()
-    result: dict[str, Any] = {"rank": net.rank, "owned_layers": [net.owned_layers.start, net.owned_layers.stop]}
+    result: dict[str, Any] = {"rank": net.rank, "data_group": data_comm.rank,
+                              "owned_layers": [net.owned_layers.start, net.owned_layers.stop]}
     if lead:
         result.update({
             "history": history,
@@ -318,7 +346,7 @@ def train_and_compare(config: TrainConfig, *, serial: bool = True) -> dict[str, 
     from torchpint.dist import run_workers
 
     config.validate()
-    load_data(config)  # fail here, not in a worker
+    config.check_last_batch(len(load_data(config).train))  # fail here, not in a worker
     if config.nproc > 1:
         parallel = run_workers(train_worker, config.nproc, (config,))[0]
     else:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchpint.layerpar.layout import batch_shard, layer_data_comms
 from torchpint.layerpar.network import LayerParallel, NonFiniteActivationError
 
 
@@ -36,7 +37,7 @@ class CheckCase:
     seed: int = 0
 
 
-def build_check_network(case: CheckCase, comm: Any = None) -> LayerParallel:
+def build_check_network(case: CheckCase, comm: Any = None, data_comm: Any = None) -> LayerParallel:
     """A small float64 network, the same on every rank for a given seed."""
     torch.manual_seed(case.seed)
     w = case.width
@@ -53,7 +54,7 @@ def build_check_network(case: CheckCase, comm: Any = None) -> LayerParallel:
     net = LayerParallel(
         factory, case.layers, case.T, opening=opening, closing=closing, levels=case.levels, cf=case.cf,
         relax=case.relax, cycle=case.cycle, nested=case.nested, fwd_tol=case.tol, bwd_tol=case.tol,
-        fwd_max_iter=case.max_iter, bwd_max_iter=case.max_iter, comm=comm,
+        fwd_max_iter=case.max_iter, bwd_max_iter=case.max_iter, comm=comm, data_comm=data_comm,
     )
     return net.double()
 
@@ -105,6 +106,35 @@ def parallel_gradients(cases: list[CheckCase]) -> list[dict[str, Any]]:
             "grads": {n: g.numpy() for n, g in grads.items()},
             "foreign_grads": foreign,
             "stats": net.last_stats,
+        })
+    return results
+
+
+def layer_data_gradients(cases: list[CheckCase], data_parallel: int) -> list[dict[str, Any]]:
+    """Layer x data parallelism on this rank (call on every rank of the world): each data group runs
+    the network on its shard of the batch, then the copies of each layer average their gradients.
+
+    Returns this rank's data group, its shard's output and input gradient (its layer rank 0) and
+    the (whole batch's) gradients of the parameters it owns."""
+    layer_comm, data_comm = layer_data_comms(data_parallel)
+    results = []
+    for case in cases:
+        net = build_check_network(case, layer_comm, data_comm)
+        x, y = check_data(case)
+        x_shard, _ = batch_shard(x, data_comm)
+        y_shard, _ = batch_shard(y, data_comm)
+        x_shard = x_shard.clone().requires_grad_(True)
+        out = net(x_shard if net.rank == 0 else None)
+        _loss(out, y_shard).backward()
+        net.average_gradients(weight=1.0)  # a sum loss: the whole batch's gradient is the sum of the shards'
+        owned = {id(p) for p in net.local_parameters()}
+        results.append({
+            "data_group": data_comm.rank,
+            "rank": net.rank,
+            "out": out.detach().numpy(),
+            "x_grad": x_shard.grad.numpy() if (net.rank == 0 and x_shard.grad is not None) else None,
+            "grads": {n: p.grad.numpy().copy() for n, p in net.named_parameters() if id(p) in owned and p.grad is not None},
+            "foreign_grads": [n for n, p in net.named_parameters() if p.grad is not None and id(p) not in owned],
         })
     return results
 
