@@ -7,9 +7,9 @@ import pytest
 
 from torchpint.dist import run_workers
 from torchpint.engine.mgrit import ConfigError
-from torchpint.layerpar.train import TrainConfig, train_worker
+from torchpint.layerpar.train import LayerParallelConfig, train_worker
 
-BASE = TrainConfig(arch="mlp", width=6, layers=8, levels=2, cf=2, epochs=2, batch=128, progress=False, nproc=2)
+BASE = LayerParallelConfig(arch="mlp", width=6, layers=8, levels=2, cf=2, epochs=2, batch=128, progress=False, nproc=2)
 
 
 def test_resume_continues_exactly(tmp_path) -> None:

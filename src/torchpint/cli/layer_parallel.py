@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from torchpint.cli.plots import save_figure
-from torchpint.layerpar.train import ARCHS, DTYPES, TrainConfig, train_and_compare
+from torchpint.layerpar.train import ARCHS, DTYPES, LayerParallelConfig, train_and_compare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="layer_parallel_command", required=True)
     train = sub.add_parser("train", help="train a layer-parallel ResNet and the serial network the same way")
-    defaults = TrainConfig()
+    defaults = LayerParallelConfig()
     train.add_argument("--layers", type=int, default=defaults.layers, help="residual layers (multiple of cf^(levels-1))")
     train.add_argument("--levels", type=int, default=defaults.levels, help="MGRIT levels (1 = exact serial pass, pipelined)")
     train.add_argument("--cf", type=int, default=defaults.cf, help="coarsening factor")
@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue the run in --out from its last epoch checkpoint (same options)")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
+def config_from_args(args: argparse.Namespace) -> LayerParallelConfig:
+    return LayerParallelConfig(
         dataset=args.dataset, arch=args.arch, width=args.width, layers=args.layers, T=args.T, levels=args.levels,
         cf=args.cf, relax=args.relax, cycle=args.cycle, nested=args.nested, fwd_max_iter=args.fwd_max_iter,
         bwd_max_iter=args.bwd_max_iter, fwd_tol=args.fwd_tol, bwd_tol=args.bwd_tol, epochs=args.epochs,
@@ -182,13 +182,8 @@ def run(args: argparse.Namespace) -> int:
 def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines and results: gradients vs serial on 2 processes, and digits training vs serial."""
     from torchpint.dist import run_workers
-    from torchpint.testing.layer_parallel import CheckCase, compare, serial_gradients
-    from torchpint.layerpar.train import (
-        demo_worker,
-        max_parameter_difference,
-        one_thread,
-        train_serial,
-    )
+    from torchpint.layerpar.train import max_parameter_difference, one_thread, train_serial
+    from torchpint.testing.layer_parallel import CheckCase, compare, demo_worker, serial_gradients
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -196,7 +191,7 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         CheckCase(layers=8, levels=1),
         CheckCase(layers=64, levels=3, cf=4, T=4.0, width=6, relax="F", nested=False, tol=1e-11),
     ]
-    config = TrainConfig(layers=16, levels=2, cf=4, epochs=2, width=4, nproc=2, progress=False)
+    config = LayerParallelConfig(layers=16, levels=2, cf=4, epochs=2, width=4, nproc=2, progress=False)
     print(f"[layer-parallel] gradient checks and a {config.layers}-layer conv ResNet trained on digits, "
           f"layers split over {config.nproc} processes", flush=True)
     ranks = run_workers(demo_worker, config.nproc, (cases, config))

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from torchpint.data import load_dataset
 from torchpint.data.base import Datasets
+from torchpint.engine.comm import SerialComm
 from torchpint.engine.mgrit import ConfigError, parse_relax
 from torchpint.layerpar.layout import batch_shard, layer_data_comms, layer_data_ranks, plan_layout
 from torchpint.layerpar.network import LayerParallel
@@ -36,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
-class TrainConfig:
+class LayerParallelConfig:
     dataset: str = "digits"
     arch: str = "conv"  # conv: 3x3 convolutions + tanh; mlp: linear + tanh
     width: int = 8  # channels (conv) or features (mlp)
@@ -69,11 +70,16 @@ class TrainConfig:
             raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("width", "epochs", "batch", "nproc", "data_parallel", "fwd_max_iter", "bwd_max_iter"):
+        for name in ("width", "layers", "levels", "epochs", "batch", "nproc", "data_parallel", "fwd_max_iter",
+                     "bwd_max_iter"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.levels > 1 and self.cf < 2:
+            raise ConfigError(f"cf must be >= 2, got {self.cf}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not (0 <= self.momentum < 1):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (self.T > 0 and math.isfinite(self.T)):
@@ -98,7 +104,7 @@ class TrainConfig:
                               f"than the {self.data_parallel} data-parallel groups: choose another --batch")
 
 
-def load_data(config: TrainConfig) -> Datasets:
+def load_layer_parallel_data(config: LayerParallelConfig) -> Datasets:
     data = load_dataset(config.dataset)
     if config.arch == "conv" and len(data.input_shape) != 3:
         raise ConfigError(
@@ -107,8 +113,8 @@ def load_data(config: TrainConfig) -> Datasets:
     return data
 
 
-def build_network(
-    config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, comm: Any = None, data_comm: Any = None
+def build_layer_parallel_resnet(
+    config: LayerParallelConfig, input_shape: tuple[int, ...], num_classes: int, comm: Any = None, data_comm: Any = None
 ) -> LayerParallel:
     """The layer-parallel ResNet (same weights on every rank for a given seed)."""
     torch.manual_seed(config.seed)
@@ -132,7 +138,7 @@ def build_network(
     return net.to(DTYPES[config.dtype])
 
 
-def _loader(data: Datasets, config: TrainConfig) -> DataLoader:
+def _loader(data: Datasets, config: LayerParallelConfig) -> DataLoader:
     generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(data.train, batch_size=config.batch, shuffle=True, generator=generator)
 
@@ -168,12 +174,12 @@ def _sgd_step(
     return float(log[0]), int(log[1])
 
 
-def train_worker(config: TrainConfig) -> dict[str, Any]:
+def train_worker(config: LayerParallelConfig) -> dict[str, Any]:
     """Layer-parallel training on this rank (call on every rank); rank 0 returns the history."""
-    data = load_data(config)
+    data = load_layer_parallel_data(config)
     dtype = DTYPES[config.dtype]
     layer_comm, data_comm = layer_data_comms(config.data_parallel)
-    net = build_network(config, data.input_shape, data.num_classes, layer_comm, data_comm)
+    net = build_layer_parallel_resnet(config, data.input_shape, data.num_classes, layer_comm, data_comm)
     lead = net.rank == 0  # the first layer rank of every data group: it has the input and the output
     reporter = lead and data_comm.rank == 0
     optimizer = torch.optim.SGD(list(net.local_parameters()), lr=config.lr, momentum=config.momentum)
@@ -243,7 +249,7 @@ def train_worker(config: TrainConfig) -> dict[str, Any]:
     return result
 
 
-def _checkpoint_path(config: TrainConfig, rank: int) -> Path | None:
+def _checkpoint_path(config: LayerParallelConfig, rank: int) -> Path | None:
     return None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / f"rank{rank}.pt"
 
 
@@ -275,11 +281,11 @@ def _load_checkpoint(path: Path | None, net: LayerParallel, optimizer: torch.opt
     return state
 
 
-def train_serial(config: TrainConfig) -> dict[str, Any]:
+def train_serial(config: LayerParallelConfig) -> dict[str, Any]:
     """The equivalent ``nn.Sequential`` trained the same way with plain autograd (one process)."""
-    data = load_data(config)
+    data = load_layer_parallel_data(config)
     dtype = DTYPES[config.dtype]
-    net = build_network(config, data.input_shape, data.num_classes, comm=_SingleRank())
+    net = build_layer_parallel_resnet(config, data.input_shape, data.num_classes, comm=SerialComm())  # one process, even inside a distributed job
     model = net.to_sequential()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     x_test, y_test = data.test.tensors
@@ -303,22 +309,6 @@ def train_serial(config: TrainConfig) -> dict[str, Any]:
             "state": {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}}
 
 
-class _SingleRank:
-    """A one-process communicator for the serial reference, even inside a distributed job."""
-
-    rank = 0
-    size = 1
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        return value
-
-    def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
-        return [local]
-
-    def wait_sends(self) -> None:
-        return None
-
-
 @contextmanager
 def one_thread() -> Iterator[None]:
     """One intra-op thread, as every worker has: comparable timings, no oversubscription."""
@@ -334,19 +324,12 @@ def max_parameter_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
-def demo_worker(cases: list[Any], config: TrainConfig) -> dict[str, Any]:
-    """The demo's work on one rank, in one process group: gradient checks, then training."""
-    from torchpint.testing.layer_parallel import parallel_gradients
-
-    return {"checks": parallel_gradients(cases), "train": train_worker(config)}
-
-
-def train_and_compare(config: TrainConfig, *, serial: bool = True) -> dict[str, Any]:
+def train_and_compare(config: LayerParallelConfig, *, serial: bool = True) -> dict[str, Any]:
     """Layer-parallel training over ``config.nproc`` processes, then (optionally) the serial network."""
     from torchpint.dist import run_workers
 
     config.validate()
-    config.check_last_batch(len(load_data(config).train))  # fail here, not in a worker
+    config.check_last_batch(len(load_layer_parallel_data(config).train))  # fail here, not in a worker
     if config.nproc > 1:
         parallel = run_workers(train_worker, config.nproc, (config,))[0]
     else:

@@ -18,6 +18,7 @@ from torch import nn
 
 from torchpint.layerpar.layout import batch_shard, layer_data_comms
 from torchpint.layerpar.network import LayerParallel, NonFiniteActivationError
+from torchpint.layerpar.train import LayerParallelConfig, train_worker
 
 
 @dataclass
@@ -198,3 +199,8 @@ def compare(parallel_ranks: list[list[dict[str, Any]]], serial: list[dict[str, A
         out.append({"out": out_diff, "x_grad": x_diff, "grads": grad_diff, "missing": missing, "foreign": foreign,
                     "count": len(merged)})
     return out
+
+
+def demo_worker(cases: list[Any], config: LayerParallelConfig) -> dict[str, Any]:
+    """The demo's work on one rank, in one process group: gradient checks, then training."""
+    return {"checks": parallel_gradients(cases), "train": train_worker(config)}
