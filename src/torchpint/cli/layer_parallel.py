@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- demo
 def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines and results: gradients vs serial on 2 processes, and digits training vs serial."""
-    from torchpint.dist import run_workers
+    from torchpint.run.launch import run_workers
     from torchpint.layerpar.checks import CheckCase, compare, serial_gradients
     from torchpint.layerpar.train import (
         demo_worker,

@@ -262,7 +262,7 @@ def train_mgrit(
         raise TrainingConfigError(f"nproc={nproc} is more than the {n + 1} time points (every rank must own one)")
     if nproc > 1 and comm is None:
         check_limit(memory_estimate(task, options, nproc), options.max_memory)  # before spawning anything
-        from torchpint.dist import run_workers
+        from torchpint.run.launch import run_workers
 
         packed = run_workers(_worker, nproc, (task, options, keep_trajectory), timeout_s=timeout_s)[0]
         return _unpack(packed)
