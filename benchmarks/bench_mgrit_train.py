@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from torchpint.cli.mgrit_train import plot_speedup
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.testing.training import train_many, unpack
 from torchpint.training import (
     DivergenceError,

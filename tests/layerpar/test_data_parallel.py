@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.engine import ConfigError
 from torchpint.engine.comm import SerialComm
 from torchpint.testing.layer_parallel import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.testing.layer_parallel import (
     CheckCase,
     check_worker,

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.engine.mgrit import ConfigError
 from torchpint.layerpar.train import LayerParallelConfig, train_worker
 

@@ -7,7 +7,7 @@ uninterrupted solve (the same arithmetic on the same data), on one process and o
 import pytest
 import torch
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.engine.state import leaves
 from torchpint.testing.training import interrupted_and_whole, unpack
 from torchpint.training import MGRITOptions, TaskSpec, TrainingConfigError, build_task, train_mgrit

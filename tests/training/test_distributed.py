@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.training import SGD, BatchSchedule, MGRITOptions, TaskSpec, TrainingTask, build_task, serial_train
 from torchpint.testing.training import train_many, unpack
 from torchpint.training.tasks import cross_entropy

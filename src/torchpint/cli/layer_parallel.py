@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- demo
 def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines and results: gradients vs serial on 2 processes, and digits training vs serial."""
-    from torchpint.dist import run_workers
+    from torchpint.run.launch import run_workers
     from torchpint.layerpar.train import max_parameter_difference, one_thread, train_serial
     from torchpint.testing.layer_parallel import CheckCase, compare, demo_worker, serial_gradients
 

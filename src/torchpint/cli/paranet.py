@@ -215,7 +215,7 @@ def prepare(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict[str, Any]:
 def run_training(cfg: TrainConfig, compare: bool = False, resume: bool = False, overwrite: bool = False,
                  quiet: bool = False) -> dict[str, Any]:
     """Train the parareal network (and the original with ``compare``); write metrics, CSV and curves."""
-    from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
+    from torchpint.run.launch import init_from_env, launched_by_torchrun, run_workers
 
     prep = prepare(cfg, resume, overwrite)
     run_dir = Path(cfg.out)

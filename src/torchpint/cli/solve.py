@@ -192,7 +192,7 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
+    from torchpint.run.launch import init_from_env, launched_by_torchrun, run_workers
 
     config = config_from_args(args)
     if args.nproc < 1:

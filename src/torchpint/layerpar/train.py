@@ -1,6 +1,6 @@
 """Train a layer-parallel ResNet on a small data set, and the serial network the same way.
 
-``train_worker(config)`` runs on every rank (spawned by :func:`torchpint.dist.run_workers`,
+``train_worker(config)`` runs on every rank (spawned by :func:`torchpint.run.launch.run_workers`,
 or in-process for one process): it builds the network from the seed (the same on every
 rank), trains it with SGD on the same batches in the same order, each forward pass an MGRIT
 solve across the layers and each backward pass an adjoint MGRIT solve, and returns the
@@ -326,7 +326,7 @@ def max_parameter_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 def train_and_compare(config: LayerParallelConfig, *, serial: bool = True) -> dict[str, Any]:
     """Layer-parallel training over ``config.nproc`` processes, then (optionally) the serial network."""
-    from torchpint.dist import run_workers
+    from torchpint.run.launch import run_workers
 
     config.validate()
     config.check_last_batch(len(load_layer_parallel_data(config).train))  # fail here, not in a worker

@@ -1,7 +1,7 @@
 """Check a layer-parallel network against its serial equivalent (a harness for the tests and the demo).
 
 ``parallel_gradients(cases)`` runs on every rank (e.g. spawned by
-:func:`torchpint.dist.run_workers`): it builds each small network, runs one forward and one
+:func:`torchpint.run.launch.run_workers`): it builds each small network, runs one forward and one
 backward pass layer-parallel and returns the output, the input gradient (rank 0) and the
 gradient of every parameter this rank owns, by name.  ``serial_gradients(case)`` computes the
 same with plain autograd on ``to_sequential()`` in one process; ``max_relative_difference``

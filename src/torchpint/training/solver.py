@@ -265,7 +265,7 @@ def train_mgrit(
 
     Call it on every rank of the group (``comm``, default: the initialised ``torch.distributed``
     group, else this one process); ranks own contiguous blocks of training steps.  It never
-    starts processes: the ``mgrit-train`` command or the caller does (``torchpint.dist``).
+    starts processes: the ``mgrit-train`` command or the caller does (``torchpint.run.launch``).
 
     Long solves: every ``checkpoint_every`` iterations (0: never) ``on_checkpoint`` gets this
     rank's :class:`SolveSnapshot`; ``resume`` (this rank's snapshot, taken with the same task,
