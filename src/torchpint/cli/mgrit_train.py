@@ -13,21 +13,20 @@ largest difference from serial training's weights, the paper's potential speedup
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from torchpint.cli.plots import save_figure
-from torchpint.training.errors import DivergenceError, NonFiniteWeightsError
+from torchpint.errors import NonFiniteError
 from torchpint.training.experiment import paper_table, solve_case
 from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
 from torchpint.training.solver import memory_estimate
+from torchpint.run import launch, launched_by_torchrun, open_run_folder, print_json_line, world_size
+from torchpint.run.ranks import open_run_folder_on_ranks
 from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, build_task
 
 DEFAULT_STEPS = {"xor": 100, "addition": 100, "digits": 256}
@@ -44,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha-b", type=float, help="fine learning rate (default: xor 1.0, addition 0.025, digits 0.05)")
     parser.add_argument("--alpha-max", type=float, default=8.0, help="largest coarse learning rate")
     parser.add_argument("--growth", type=float, default=2.0, help="coarse learning-rate growth per level (2, or 1.25)")
-    parser.add_argument("--nproc", type=int, default=1, help="time-parallel processes (torch.distributed, gloo)")
+    parser.add_argument("--nproc", type=int, help="time-parallel processes (default 1; under torchrun: its world size)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     parser.add_argument("--plot", metavar="FILE.png", help="residual history (or, with --paper-table, speedup vs N)")
     parser.add_argument("--paper-table", type=int, choices=sorted(PAPER_TABLES), help="rerun a paper table (XOR)")
@@ -72,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, help="absolute tolerance (default 1e-9 sqrt(N))")
     parser.add_argument("--max-iter", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="run folder: run.json, checkpoints/ (every --checkpoint-every iterations), "
+                                      "metrics.json, model.pt (default: none, nothing written)")
+    parser.add_argument("--checkpoint-every", type=int, default=5, metavar="K",
+                        help="with --out: each rank writes its block of the trajectory every K iterations")
+    parser.add_argument("--resume", action="store_true", help="continue the solve in --out from its newest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     parser.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
                         help="time batched steps and print the wall-clock model's prediction")
 
@@ -105,29 +110,20 @@ def spec_from_args(args: argparse.Namespace) -> TaskSpec:
 
 
 # ---------------------------------------------------------------------------------- ranks
-def rank_main(spec: TaskSpec, table: int | None, max_n: int, predict: bool) -> dict[str, Any] | None:
-    """What every rank runs; rank 0 returns the JSON-ready result (weights as a list)."""
+def rank_main(spec: TaskSpec, table: int | None, max_n: int, predict: bool, out: str | None, resume: bool,
+              overwrite: bool, checkpoint_every: int, folder_opened: bool) -> dict[str, Any] | None:
+    """What every rank runs: (under torchrun) rank 0 opens the run folder, then the solve; rank 0 returns the result."""
     if table is not None:
         return paper_table(table, max_n, base=spec)
-    out = solve_case(spec, predict=predict)
-    if out is not None:
-        out["weights"] = out["weights"].tolist()
-    return out
-
-
-def launch(nproc: int, args: tuple[Any, ...]) -> dict[str, Any] | None:
-    """Run :func:`rank_main` here, on ``nproc`` new processes, or as this rank of torchrun's job."""
-    from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
-
-    if launched_by_torchrun():
-        init_from_env()
-        try:
-            return rank_main(*args)
-        finally:
-            torch.distributed.destroy_process_group()
-    if nproc > 1:
-        return run_workers(rank_main, nproc, args)[0]
-    return rank_main(*args)
+    folder = None
+    if out is not None and not folder_opened:  # torchrun: every rank is a launcher
+        folder, resume = open_run_folder_on_ranks(out, resume=resume, overwrite=overwrite,
+                                                  record={"command": "mgrit-train", "config": asdict(spec)})
+    try:
+        return solve_case(spec, predict=predict, run_dir=out, checkpoint_every=checkpoint_every, resume=resume)
+    finally:
+        if folder is not None:
+            folder.close()
 
 
 def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str, title: str = "") -> None:
@@ -161,8 +157,6 @@ def plot_history(histories: dict[str, list[float]], path: str, title: str) -> No
 
 # ---------------------------------------------------------------------------------- command
 def run(args: argparse.Namespace) -> int:
-    if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     spec = spec_from_args(args)
     task, options = build_task(spec)  # validates everything before any worker starts
     if args.paper_table is not None:
@@ -170,21 +164,35 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--paper-table reruns the paper's XOR tables: use `torchpint mgrit-train xor --paper-table N`")
         if args.max_n < PAPER_N[0]:
             raise ValueError(f"--max-n must be >= {PAPER_N[0]}, got {args.max_n}")
-    else:
-        check_limit(memory_estimate(task, options, args.nproc), options.max_memory)
-        if args.nproc > task.steps + 1:
-            raise ValueError(f"--nproc {args.nproc} is more than the {task.steps + 1} time points (every rank must own one)")
+        if args.out is not None:
+            raise ValueError("--paper-table writes no run folder: drop --out (use --json or --plot)")
+    if args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    if args.out is None and (args.resume or args.overwrite):
+        raise ValueError("--resume and --overwrite need the run folder: --out")
+    points = task.steps + 1
+    nproc = world_size(args.nproc, allowed=lambda size: None if size <= points else
+                       f"more processes than the {points} time points (every rank must own one)")
+    check_limit(memory_estimate(task, options, nproc), options.max_memory)
+    folder = None
+    if args.out is not None and not launched_by_torchrun():  # this process launches: it holds the run folder
+        folder = open_run_folder(args.out, resume=args.resume, overwrite=args.overwrite,
+                                 record={"command": "mgrit-train", "config": asdict(spec)})
     try:
-        out = launch(args.nproc, (spec, args.paper_table, args.max_n, args.predict))
-    except (DivergenceError, NonFiniteWeightsError) as error:
+        resume = folder.resume if folder is not None else args.resume
+        out = launch(rank_main, (spec, args.paper_table, args.max_n, args.predict, args.out, resume, args.overwrite,
+                                 args.checkpoint_every, folder is not None), nproc=nproc)
+    except NonFiniteError as error:  # divergence, NaN weights (also from a worker): exit 1, the JSON says why
         print(f"torchpint: stopped: {error}", file=sys.stderr, flush=True)
         if args.json:
-            print(json.dumps({"error": str(error), "kind": type(error).__name__,
-                              "residuals": getattr(error, "residuals", None)}), flush=True)
+            print_json_line({"error": str(error), "kind": type(error).__name__, "world_size": nproc,
+                             "residuals": getattr(error, "residuals", None)})
         return 1
+    finally:
+        if folder is not None:
+            folder.close()
     if out is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
-    out.pop("weights", None)
     if args.plot and args.paper_table is not None:
         plot_speedup({f"table {args.paper_table}": out["rows"]}, args.plot, PAPER_TABLES[args.paper_table].title)
         print(f"speedup plot: {args.plot}")
@@ -193,19 +201,8 @@ def run(args: argparse.Namespace) -> int:
                      f"{spec.task}, solver {spec.solver}, {spec.cycle}, N={spec.steps}")
         print(f"convergence plot: {args.plot}")
     if args.json:
-        print(json.dumps(_finite(out), default=float), flush=True)
+        print_json_line(out)
     return 0
-
-
-def _finite(x: Any) -> Any:
-    """Strict JSON: NaN and infinities become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 # ---------------------------------------------------------------------------------- demo

@@ -11,6 +11,7 @@ compares them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 
 from torchpint.layerpar.layout import batch_shard, layer_data_comms
 from torchpint.layerpar.network import LayerParallel, NonFiniteActivationError
-from torchpint.layerpar.train import LayerParallelConfig, train_worker
+from torchpint.layerpar.train import LayerParallelConfig, train_layer_parallel, write_outputs
 
 
 @dataclass
@@ -201,6 +202,9 @@ def compare(parallel_ranks: list[list[dict[str, Any]]], serial: list[dict[str, A
     return out
 
 
-def demo_worker(cases: list[Any], config: LayerParallelConfig) -> dict[str, Any]:
-    """The demo's work on one rank, in one process group: gradient checks, then training."""
-    return {"checks": parallel_gradients(cases), "train": train_worker(config)}
+def demo_worker(cases: list[Any], config: LayerParallelConfig, out: str) -> dict[str, Any]:
+    """The demo's work on one rank, in one process group: gradient checks, then training (run folder
+    ``out``); rank 0 writes the run's files and returns their summary."""
+    checks = parallel_gradients(cases)
+    result = train_layer_parallel(config, out, resume=False)
+    return {"checks": checks, "train": None if result is None else write_outputs(result, Path(out))}

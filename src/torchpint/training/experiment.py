@@ -11,9 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+from torch import Tensor
+
 from torchpint.engine.comm import Comm, default_comm
+from torchpint.run import Checkpoints, check_config, write_json
+from torchpint.run.checkpoint import save_atomic
 from torchpint.training.memory import check_limit
 from torchpint.training.paper import PAPER_TABLES
 from torchpint.training.problem import level_learning_rate
@@ -31,6 +37,44 @@ from torchpint.training.tasks import TaskSpec, build_task, evaluate
 
 Say = Callable[..., None]
 
+# Everything in a TaskSpec but these determines the solve: a resumed solve must use the same
+# (verbose only prints; max_iter may grow; max_memory only guards).
+NOT_RESUME_KEYS = ("verbose", "max_iter", "max_memory")
+
+
+class SolveCheckpoints:
+    """mgrit-train's checkpoints in ``<run>/checkpoints``: checkpoint ``iter_<k>`` holds, as part
+    ``r``, rank ``r``'s :class:`SolveSnapshot` after MGRIT iteration ``k`` (torchpint's one
+    checkpoint format, :class:`torchpint.run.Checkpoints`).  Collective: every rank calls
+    :meth:`save` and :meth:`load`."""
+
+    def __init__(self, run_dir: str | Path, spec: TaskSpec, comm: Comm) -> None:
+        self.store = Checkpoints(Path(run_dir) / "checkpoints", label="iter")
+        self.comm = comm
+        self.config = {**asdict(spec), "world_size": comm.size}
+        self.keys = [k for k in self.config if k not in NOT_RESUME_KEYS]
+        self.distributed = comm.size > 1 and dist.is_available() and dist.is_initialized()
+
+    def save(self, snapshot: SolveSnapshot) -> None:
+        state = {"iteration": snapshot.iteration, "residuals": list(snapshot.residuals),
+                 "initial_residual": snapshot.initial_residual, "lo": snapshot.lo, "hi": snapshot.hi,
+                 "block": snapshot.block}
+        self.store.save(snapshot.iteration, state, config=self.config, rank=self.comm.rank, parts=self.comm.size,
+                        barrier=dist.barrier if self.distributed else None)
+
+    def load(self, say: Say) -> SolveSnapshot | None:
+        """This rank's snapshot of the newest complete checkpoint (``None``: none written yet)."""
+        found = self.store.agree()
+        if found is None:
+            say(f"--resume: no checkpoint in {self.store.root} yet, solving from the start")
+            return None
+        check_config(found.config, self.config, self.keys, self.store.root.parent)
+        for note in found.notes:
+            say(f"note: {note}; passed over")
+        part = self.store.load_part(found, self.comm.rank)["state"]
+        return SolveSnapshot(int(part["iteration"]), [float(r) for r in part["residuals"]],
+                             float(part["initial_residual"]), int(part["lo"]), int(part["hi"]), part["block"])
+
 
 def _say(comm: Comm, quiet: bool) -> Say:
     if quiet or comm.rank != 0:
@@ -44,20 +88,23 @@ def solve_case(
     *,
     predict: bool = True,
     quiet: bool = False,
+    run_dir: str | Path | None = None,
     checkpoint_every: int = 0,
-    on_checkpoint: Callable[[SolveSnapshot], None] | None = None,
-    resume: SolveSnapshot | None = None,
+    resume: bool = False,
 ) -> dict[str, Any] | None:
     """MGRIT on every rank of ``comm``; on rank 0 also serial training, the comparison and the models.
 
-    ``checkpoint_every``, ``on_checkpoint`` and ``resume`` go to :func:`train_mgrit`.
+    With ``run_dir``: a checkpoint every ``checkpoint_every`` iterations (:class:`SolveCheckpoints`),
+    and with ``resume`` the solve continues from the newest complete one.
     """
     comm = comm if comm is not None else default_comm()
     task, options = build_task(spec)
+    say = _say(comm, quiet)
+    checkpoints = SolveCheckpoints(run_dir, spec, comm) if run_dir is not None else None
+    snapshot = checkpoints.load(say) if checkpoints is not None and resume else None
     nproc = comm.size
     mem = memory_estimate(task, options, nproc)
     check_limit(mem, options.max_memory)
-    say = _say(comm, quiet)
     levels = plan_levels(task.steps, options)
     lrs = [level_learning_rate(task.update.lr, lvl, options.growth, options.lr_max) for lvl in range(levels)]
     say(f"torchpint mgrit-train {spec.task}: N={task.steps} steps, solver {spec.solver}, {options.cycle} "
@@ -65,11 +112,13 @@ def solve_case(
         f"{[round(a, 6) for a in lrs]}, {task.update.name}, FCF, m={options.m}, coarse data '{options.coarse_data}', "
         f"tol={1e-9 * math.sqrt(task.steps) if options.tol is None else options.tol:.3g}, nproc={nproc}")
     say(f"memory: {mem.describe()}")
-    if resume is not None:
-        say(f"resuming after MGRIT iteration {resume.iteration} (residual {resume.residuals[-1]:.4e})")
+    if snapshot is not None:
+        say(f"resumed from {checkpoints.store.root} after MGRIT iteration {snapshot.iteration} "
+            f"(residual {snapshot.residuals[-1]:.4e})")
     options.verbose = not quiet
-    result = train_mgrit(task, replace(options), comm=comm, checkpoint_every=checkpoint_every,
-                         on_checkpoint=on_checkpoint, resume=resume)
+    result = train_mgrit(task, replace(options), comm=comm, resume=snapshot,
+                         checkpoint_every=checkpoint_every if checkpoints is not None else 0,
+                         on_checkpoint=checkpoints.save if checkpoints is not None else None)
     if comm.rank != 0:
         return None
 
@@ -97,7 +146,7 @@ def solve_case(
         "serial_seconds": serial.seconds,
         "torch_optim_seconds": optim.seconds,
         "num_weights": task.num_weights,
-        "resumed_from_iteration": resume.iteration if resume is not None else None,
+        "resumed_from_iteration": snapshot.iteration if snapshot is not None else None,
     }
     out["seconds_ratio_serial_over_mgrit"] = optim.seconds / result.seconds if result.seconds > 0 else math.nan
     if predict:
@@ -108,8 +157,17 @@ def solve_case(
         out["step_cost"] = cost.as_dict()
     for line in describe(out):
         say(line)
-    out["weights"] = result.weights  # the trained network (the command saves it; not in the JSON)
+    if run_dir is not None:
+        out["files"] = write_outputs(out, task, result.weights, Path(run_dir))
     return out
+
+
+def write_outputs(out: dict[str, Any], task: Any, weights: Tensor, run_dir: Path) -> dict[str, str]:
+    """``metrics.json`` (the result) and ``model.pt`` (the trained network's ``state_dict``: load it
+    into the task's model, e.g. ``SigmoidNet`` or the digits MLP, with ``weights_only=True``)."""
+    write_json(run_dir / "metrics.json", out)
+    save_atomic({k: v.clone() for k, v in task.unflatten(weights).items()}, run_dir / "model.pt")
+    return {"metrics.json": str(run_dir / "metrics.json"), "model.pt": str(run_dir / "model.pt")}
 
 
 def describe(out: dict[str, Any]) -> list[str]:
