@@ -402,10 +402,6 @@ def relative_difference(a: State, b: State) -> float:
     return max_difference(a, b) / scale if scale > 0 else max_difference(a, b)
 
 
-def trajectory_weights(task: TrainingTask, trajectory: State) -> Tensor:
-    return task.update.weights(trajectory)
-
-
 __all__ = [
     "CYCLES",
     "MGRITOptions",
