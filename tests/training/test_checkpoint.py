@@ -1,25 +1,15 @@
 """A long MGRIT training solve checkpoints every k iterations; resumed, it continues exactly.
 
 "Exactly": the remaining residual history and the final weights are bitwise those of the
-uninterrupted solve (the same arithmetic on the same data), on one process and on two.
+uninterrupted solve (the same arithmetic on the same data), on one process here and on three in
+``test_distributed.py``.
 """
 
 import pytest
-import torch
 
-from torchpint.run.launch import run_workers
-from torchpint.engine.state import leaves
-from torchpint.testing.training import interrupted_and_whole, unpack
-from torchpint.training import MGRITOptions, TaskSpec, TrainingConfigError, build_task, train_mgrit
+from torchpint.testing.training import assert_same_solve
+from torchpint.training import TaskSpec, TrainingConfigError, build_task, train_mgrit
 from torchpint.training.solver import SolveSnapshot
-
-
-def assert_same_solve(resumed, whole) -> None:
-    assert resumed.iterations == whole.iterations and resumed.converged == whole.converged
-    assert resumed.residuals == whole.residuals  # bitwise, including the iterations before the snapshot
-    assert resumed.initial_residual == whole.initial_residual
-    assert torch.equal(resumed.weights, whole.weights)
-    assert all(torch.equal(a, b) for a, b in zip(leaves(resumed.trajectory), leaves(whole.trajectory), strict=True))
 
 
 def test_resumed_solve_is_the_uninterrupted_one() -> None:
@@ -39,13 +29,6 @@ def test_momentum_state_and_partial_intervals_resume_exactly() -> None:
     snapshots: list[SolveSnapshot] = []
     whole = train_mgrit(task, options, checkpoint_every=2, on_checkpoint=snapshots.append)
     assert_same_solve(train_mgrit(task, options, resume=snapshots[0]), whole)
-
-
-def test_two_processes_resume_exactly() -> None:
-    task, options = build_task(TaskSpec("xor", steps=41, solver="1", cycle="V", alpha_b=0.5))
-    out = run_workers(interrupted_and_whole, 2, (task, options, 2), timeout_s=240)[0]
-    assert out["from"] == 2
-    assert_same_solve(unpack(out["resumed"]), unpack(out["whole"]))
 
 
 def test_snapshot_of_another_partition_is_refused() -> None:

@@ -274,8 +274,8 @@ def train_layer_parallel(config: LayerParallelConfig, out: str, *, resume: bool,
     """Layer-parallel training on this rank (call it on every rank), then, on rank 0, the serial
     network the same way; checkpoints every epoch in ``out/checkpoints`` (the serial network's in
     ``out/serial/checkpoints``), and with ``resume`` continues from them.  Rank 0 returns the results."""
-    config.check_last_batch(len(load_layer_parallel_data(config).train))
     data = load_layer_parallel_data(config)
+    config.check_last_batch(len(data.train))
     layer_comm, data_comm = layer_data_comms(config.data_parallel)
     net = build_layer_parallel_resnet(config, data.input_shape, data.num_classes, layer_comm, data_comm)
     trainer = ResNetTrainer(config, data, net, net=net, data_comm=data_comm)

@@ -13,14 +13,28 @@ import torch
 from torch import Tensor
 
 from torchpint.engine.comm import default_comm
+from torchpint.engine.state import leaves
 from torchpint.training.problem import TrainingTask
 from torchpint.training.solver import MGRITOptions, TrainingResult, train_mgrit
 
 
-def train_many(jobs: list[tuple[TrainingTask, MGRITOptions]]) -> list[dict[str, Any]] | None:
-    """Several solves on this rank; rank 0 returns them packed."""
+def train_many(jobs: list[tuple[TrainingTask, MGRITOptions]], resume_every: int = 0) -> list[dict[str, Any]] | None:
+    """Several solves on this rank; rank 0 returns them packed.
+
+    ``resume_every > 0``: each solve also checkpoints every ``resume_every`` iterations and is
+    solved again from its first snapshot; that result is packed under ``"resumed"`` (with the
+    snapshot's iteration under ``"resumed_from"``).
+    """
     comm = default_comm()
-    out = [pack(train_mgrit(task, options, comm=comm)) for task, options in jobs]
+    out = []
+    for task, options in jobs:
+        snapshots: list[Any] = []
+        result = pack(train_mgrit(task, options, comm=comm, checkpoint_every=resume_every,
+                                  on_checkpoint=snapshots.append))
+        if resume_every > 0:
+            result["resumed"] = pack(train_mgrit(task, options, comm=comm, resume=snapshots[0]))
+            result["resumed_from"] = snapshots[0].iteration
+        out.append(result)
     return out if comm.rank == 0 else None
 
 
@@ -51,17 +65,14 @@ def pack(result: TrainingResult) -> dict[str, Any]:
 
 
 def unpack(packed: dict[str, Any]) -> TrainingResult:
-    return TrainingResult(**{k: _from_numpy(v) for k, v in packed.items()})
+    fields = TrainingResult.__dataclass_fields__
+    return TrainingResult(**{k: _from_numpy(v) for k, v in packed.items() if k in fields})
 
 
-def interrupted_and_whole(task: TrainingTask, options: MGRITOptions, every: int) -> dict[str, Any]:
-    """On this rank: the uninterrupted solve (snapshots every ``every`` iterations), then the solve
-    resumed from the first snapshot; rank 0 returns both packed, and the snapshot's iteration."""
-    comm = default_comm()
-    snapshots: list[Any] = []
-    whole = train_mgrit(task, options, comm=comm, checkpoint_every=every, on_checkpoint=snapshots.append)
-    resumed = train_mgrit(task, options, comm=comm, resume=snapshots[0])
-    if comm.rank != 0:
-        return {}
-    return {"whole": pack(whole), "resumed": pack(resumed), "from": snapshots[0].iteration,
-            "snapshots": [s.iteration for s in snapshots]}
+def assert_same_solve(resumed: TrainingResult, whole: TrainingResult) -> None:
+    """A resumed solve is the uninterrupted one: iterations, every residual and every state, bitwise."""
+    assert resumed.iterations == whole.iterations and resumed.converged == whole.converged
+    assert resumed.residuals == whole.residuals  # including the iterations before the snapshot
+    assert resumed.initial_residual == whole.initial_residual
+    assert torch.equal(resumed.weights, whole.weights)
+    assert all(torch.equal(a, b) for a, b in zip(leaves(resumed.trajectory), leaves(whole.trajectory), strict=True))
