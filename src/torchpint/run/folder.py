@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from torchpint.errors import ConfigError
 
-__all__ = ["RunFolder", "elastic_restart", "open_run_folder"]
+__all__ = ["RunFolder", "elastic_restart", "holds_run", "open_run_folder", "will_resume"]
 
 LOCK_NAME = ".lock"
 RUN_FILE = "run.json"
@@ -41,6 +41,19 @@ def elastic_restart() -> bool:
 
 def _run_id() -> str | None:
     return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+def will_resume(path: str | Path, *, resume: bool, overwrite: bool) -> bool:
+    """Whether a run on ``path`` continues from its checkpoints: ``resume``, or a torchrun restart of it.
+
+    Every process of a run can ask (it only reads); :func:`open_run_folder` (rank 0) decides
+    the same and enforces the rules.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    root = Path(path)
+    # torchrun restarted this very run (same job id): continue it, whatever the flags said
+    return resume or (elastic_restart() and holds_run(root) and _recorded_run_id(root) == _run_id())
 
 
 def holds_run(path: Path) -> bool:
@@ -103,10 +116,7 @@ def open_run_folder(path: str | Path, *, resume: bool, overwrite: bool, record: 
     from torchpint.run.report import write_json
 
     root = Path(path)
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: choose one")
-    if not resume and elastic_restart() and holds_run(root) and _recorded_run_id(root) == _run_id():
-        resume = True  # torchrun restarted this very run: continue it
+    resume = will_resume(root, resume=resume, overwrite=overwrite)
     if resume and not holds_run(root):
         raise ConfigError(f"--resume: {root} holds no run to continue" if root.exists()
                           else f"--resume: {root} does not exist")
