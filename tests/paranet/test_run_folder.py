@@ -14,6 +14,7 @@ import pytest
 
 from torchpint.cli.main import main
 from torchpint.run.folder import open_run_folder
+from torchpint.testing.processes import alive, descendants
 
 TINY = ["--model", "resnet11-small", "--dataset", "digits", "--image-size", "8", "--max-train", "96",
         "--max-test", "64", "--batch-size", "32", "--balance", "flops", "--no-progress"]  # fmt: skip
@@ -111,27 +112,6 @@ def test_resume_of_a_missing_folder_and_a_folder_in_use_are_refused(two_epochs, 
     assert (out / "paranet" / "checkpoints" / "epoch_0002").is_dir()
 
 
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
-    children: dict[int, list[int]] = {}
-    for child, parent in zip(out[::2], out[1::2]):
-        children.setdefault(int(parent), []).append(int(child))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_sigterm_to_the_launcher_stops_every_worker_within_2_s(tmp_path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "torchpint", "paranet", "train", *TINY, "--epochs", "50", "--nproc", "2",
@@ -140,13 +120,13 @@ def test_sigterm_to_the_launcher_stops_every_worker_within_2_s(tmp_path) -> None
     for line in proc.stdout:  # training has begun on both processes
         if "epoch 1/50:" in line:
             break
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     assert len(workers) >= 2, workers
     proc.send_signal(signal.SIGTERM)
     start = time.monotonic()
-    while any(_alive(p) for p in workers) and time.monotonic() - start < 5:
+    while any(alive(p) for p in workers) and time.monotonic() - start < 5:
         time.sleep(0.05)
-    assert not any(_alive(p) for p in workers), "orphaned workers"
+    assert not any(alive(p) for p in workers), "orphaned workers"
     assert time.monotonic() - start < 2.0
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
     err = proc.stderr.read()

@@ -2,8 +2,8 @@
 
 ``nan:EPOCH:STEP`` makes the loss NaN at that step (the non-finite stop); ``kill:EPOCH:STEP[:RANK]``
 SIGKILLs that rank as the step begins (a crashed worker; default rank 1).  EPOCH and STEP count
-from 1, as the progress lines do.  A kill fires only in the first attempt of a torchrun job
-(``TORCHELASTIC_RESTART_COUNT`` 0), so that an elastic restart can finish the run.
+from 1, as the progress lines do.  Under torchrun a kill fires once per job (a counter in the
+job store, which outlives the attempt), so that an elastic restart can finish the run.
 """
 
 from __future__ import annotations
@@ -34,9 +34,16 @@ class TrainingFault:
         return loss
 
     def on_step(self, rank: int, epoch: int, step: int) -> None:
-        if (self.kind == "kill" and rank == self.rank and (epoch, step) == (self.epoch, self.step)
-                and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0):
+        if self.kind == "kill" and rank == self.rank and (epoch, step) == (self.epoch, self.step) and _first_time():
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_time() -> bool:
+    """True the first time in this torchrun job (always outside torchrun)."""
+    from torchpint.run.launch import job_store
+
+    store = job_store()
+    return store is None or int(store.add("torchpint/testing/kill", 1)) == 1
 
 
 def parse_training_fault(text: str | None) -> TrainingFault | None:
