@@ -46,13 +46,33 @@ def test_a_folder_in_use_is_refused_and_a_dead_run_leaves_no_stuck_lock(tmp_path
         pass
 
 
-def test_elastic_restart_of_the_same_run_resumes_by_itself(tmp_path, monkeypatch) -> None:
+def _fake_torchrun_job(monkeypatch) -> object:
+    """This process as rank 0 of a torchrun job with its own job store (a new store: a new job)."""
+    import importlib
+
+    import torch.distributed as dist
+
+    from torchpint.run.launch import free_port
+
+    launch_module = importlib.import_module("torchpint.run.launch")  # the module (torchpint.run.launch is also a function)
+
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(launch_module, "_STORE", None)
+    return store
+
+
+def test_elastic_restart_of_the_same_job_resumes_by_itself(tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
-    open_run_folder(out, resume=False, overwrite=False).close()
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    with open_run_folder(out, resume=False, overwrite=False) as folder:
+    job = _fake_torchrun_job(monkeypatch)
+    open_run_folder(out, resume=False, overwrite=False).close()  # the first attempt started the run
+    with open_run_folder(out, resume=False, overwrite=False) as folder:  # torchrun restarted the job
         assert folder.resume
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # another job: the usual rules
+    with open_run_folder(out, resume=False, overwrite=True) as folder:  # the restart repeats the flags
+        assert folder.resume and (out / "run.json").is_file()
+    other = _fake_torchrun_job(monkeypatch)  # another job: the usual rules
     with pytest.raises(ConfigError, match="already holds a run"):
         open_run_folder(out, resume=False, overwrite=False)
+    del job, other

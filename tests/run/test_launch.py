@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from torchpint.errors import ConfigError
 from torchpint.run.launch import WorkerError, launch, world_size
+from torchpint.testing.processes import alive
 
 
 def _rank_and_size(tag: str) -> tuple[str, int, int]:
@@ -64,18 +65,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie waiting for its parent to reap it is gone for our purposes
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _start_workers(tmp_path) -> tuple[subprocess.Popen, list[int]]:
     script = tmp_path / "two.py"
     script.write_text(SCRIPT)
@@ -95,9 +84,9 @@ def test_signal_to_the_launcher_stops_every_worker_within_2_s(tmp_path, sig) -> 
     proc, pids = _start_workers(tmp_path)
     proc.send_signal(sig)
     start = time.monotonic()
-    while any(_alive(p) for p in pids) and time.monotonic() - start < 5:
+    while any(alive(p) for p in pids) and time.monotonic() - start < 5:
         time.sleep(0.05)
-    assert not any(_alive(p) for p in pids), "orphaned workers"
+    assert not any(alive(p) for p in pids), "orphaned workers"
     assert time.monotonic() - start < 2.0
     proc.wait(timeout=10)
     if sig != signal.SIGKILL:

@@ -244,8 +244,8 @@ class ResNetTrainer:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore this rank's part; a data-parallel copy (no part: ``{}``) takes its data group 0's."""
-        if state:
+        """Restore this rank's part; a data-parallel copy (it writes no part) takes data group 0's copy."""
+        if self.data_comm.rank == 0:
             saved = state["params"]
             if len(saved) != len(self.params) or any(a.shape != b.shape for a, b in zip(saved, self.params)):
                 raise ConfigError("the checkpoint's parameters do not fit this network (another layout?)")

@@ -9,8 +9,9 @@ Rules (every training command, via :func:`open_run_folder` on rank 0):
 * while a run uses the folder, rank 0 holds ``fcntl.flock`` on ``<folder>/.lock`` for the run's
   life: a second run on the same folder is refused at once.  The kernel drops the lock when
   the process dies however it dies, so a dead run never leaves the folder stuck;
-* a torchrun elastic restart (``TORCHELASTIC_RESTART_COUNT > 0``) of the run that made the folder
-  (same ``TORCHELASTIC_RUN_ID``, recorded in ``run.json``) resumes by itself.
+* an elastic restart of the torchrun job that started the run resumes by itself: rank 0 marks
+  the folder as started in torchrun's job store, which outlives the failed attempt (every node
+  sees it, unlike ``TORCHELASTIC_RESTART_COUNT``, which only the failed node's agent raises).
 
 The folder then holds ``run.json`` (command, configuration, package version, torchrun run id),
 ``checkpoints/`` (see :mod:`torchpint.run.checkpoint`), the metrics, plots and final model.
@@ -27,20 +28,48 @@ from typing import IO, Any
 
 from torchpint.errors import ConfigError
 
-__all__ = ["RunFolder", "elastic_restart", "open_run_folder"]
+__all__ = ["RunFolder", "elastic_restart", "holds_run", "open_run_folder", "will_resume"]
 
 LOCK_NAME = ".lock"
 RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
 
 
-def elastic_restart() -> bool:
-    """True in a process that torchrun restarted after a failure (``--max-restarts``)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+def _started_key(path: str | Path) -> str:
+    return f"torchpint/run-started/{os.path.abspath(path)}"
+
+
+def elastic_restart(path: str | Path) -> bool:
+    """True when this torchrun job already started a run in ``path``: this is a restart after a failure."""
+    from torchpint.run.launch import job_store
+
+    store = job_store()
+    return store is not None and bool(store.check([_started_key(path)]))
+
+
+def _mark_started(path: Path) -> None:
+    from torchpint.run.launch import job_store
+
+    store = job_store()
+    if store is not None:
+        store.set(_started_key(path), "1")
 
 
 def _run_id() -> str | None:
     return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+def will_resume(path: str | Path, *, resume: bool, overwrite: bool) -> bool:
+    """Whether a run on ``path`` continues from its checkpoints: ``resume``, or a torchrun restart of it.
+
+    Every process of a run can ask (it only reads); :func:`open_run_folder` (rank 0) decides
+    the same and enforces the rules.
+    """
+    root = Path(path)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    # torchrun restarted the job that started this run: continue it, whatever the flags said
+    return resume or (holds_run(root) and elastic_restart(root))  # (overwriting was the first attempt's business)
 
 
 def holds_run(path: Path) -> bool:
@@ -103,10 +132,7 @@ def open_run_folder(path: str | Path, *, resume: bool, overwrite: bool, record: 
     from torchpint.run.report import write_json
 
     root = Path(path)
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: choose one")
-    if not resume and elastic_restart() and holds_run(root) and _recorded_run_id(root) == _run_id():
-        resume = True  # torchrun restarted this very run: continue it
+    resume = will_resume(root, resume=resume, overwrite=overwrite)
     if resume and not holds_run(root):
         raise ConfigError(f"--resume: {root} holds no run to continue" if root.exists()
                           else f"--resume: {root} does not exist")
@@ -123,20 +149,11 @@ def open_run_folder(path: str | Path, *, resume: bool, overwrite: bool, record: 
                 if entry.name != LOCK_NAME:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         if not resume and lock:
-            from torchpint import __version__
-
-            write_json(root / RUN_FILE, {**(record or {}), "version": __version__, "torchrun_run_id": _run_id()})
+            write_json(root / RUN_FILE, {**(record or {}), "torchrun_run_id": _run_id()})
+        if lock:
+            _mark_started(root)
     except BaseException:
         if handle is not None:
             handle.close()
         raise
     return RunFolder(root, resume, handle)
-
-
-def _recorded_run_id(root: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((root / RUN_FILE).read_text()).get("torchrun_run_id")
-    except (OSError, ValueError, AttributeError):
-        return None

@@ -57,6 +57,7 @@ __all__ = [
     "WorkerError",
     "free_port",
     "init_from_env",
+    "job_store",
     "launch",
     "launched_by_torchrun",
     "rank",
@@ -67,8 +68,8 @@ __all__ = [
 #: seconds a collective may wait for a silent (hung, not dead) peer before the run fails;
 #: a dead peer is noticed at once (its connections close).  ``TORCHPINT_PG_TIMEOUT`` overrides.
 DEFAULT_PG_TIMEOUT_S = 300.0
-_HEARTBEAT_S = 0.25  # how often each rank touches its heartbeat key
-_STALE_S = 1.5  # a heartbeat older than this belongs to a rank that is gone
+_HEARTBEAT_S = 0.2  # how often each rank touches its heartbeat key
+_STALE_S = 1.0  # a heartbeat older than this belongs to a rank that is gone
 _MAIN_GUARD_HINT = (
     "processes are started with 'spawn', which re-imports the main module: a script that calls torchpint's "
     "launcher (torchpint.run.launch, run_workers, fit(..., nproc=N)) must run it under "
@@ -127,6 +128,25 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
+_STORE: Any = None
+
+
+def job_store() -> Any:
+    """A client of torchrun's job store (the rendezvous TCPStore), or ``None`` outside torchrun.
+
+    The store lives as long as the torchrun job, across elastic restarts, so it is where a
+    restarted process learns what the failed attempt had begun (:func:`torchpint.run.folder.will_resume`).
+    """
+    global _STORE
+    if _STORE is None and launched_by_torchrun() and "MASTER_ADDR" in os.environ:
+        try:
+            _STORE = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                   timeout=timedelta(seconds=10))
+        except Exception:  # noqa: BLE001 - no store: callers fall back to their single-attempt behaviour
+            return None
+    return _STORE
+
+
 def world_size(nproc: int | None, *, allowed: Callable[[int], str | None] | None = None) -> int:
     """The number of processes a command will run on, checked before anything starts.
 
@@ -163,14 +183,30 @@ def _pg_timeout() -> float:
 
 
 def init_from_env(backend: str | None = None, timeout_s: float | None = None) -> None:
-    """Join the process group that the torchrun environment variables describe (no-op if joined)."""
+    """Join the process group that the torchrun environment variables describe (no-op if joined).
+
+    Under torchrun's shared job store (its default with c10d rendezvous) the group's keys get a
+    prefix of their own per attempt: the store outlives an elastic restart, and a restarted
+    worker reading its peers' addresses from the failed attempt would connect to dead ports
+    (pytorch/pytorch#135712; torchrun isolates attempts by ``TORCHELASTIC_RESTART_COUNT``,
+    which only the failed node's agent raises).  The attempt number is agreed through the store:
+    every worker counts itself in, and the ``world_size`` workers of an attempt share one number.
+    """
     if dist.is_initialized():
         return
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("TORCHPINT_BACKEND") != "gloo" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s or _pg_timeout()))
+    timeout = timedelta(seconds=timeout_s or _pg_timeout())
+    store = job_store() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+        return
+    size, rank_ = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    attempt = (int(store.add("torchpint/pg-arrivals", 1)) - 1) // size
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"torchpint/pg/{attempt}", store),
+                            rank=rank_, world_size=size, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------- launch
@@ -206,6 +242,7 @@ def launch(
 def _run_torchrun_rank(fn: Callable[..., Any], args: tuple[Any, ...], backend: str) -> Any:
     init_from_env(backend)
     heartbeat = _Heartbeat.start()
+    failed = False
     try:
         value = fn(*args)
         return value if dist.get_rank() == 0 else None
@@ -215,12 +252,13 @@ def _run_torchrun_rank(fn: Callable[..., Any], args: tuple[Any, ...], backend: s
         gone = heartbeat.gone_peers()
         if not gone:
             raise
+        failed = True
         raise WorkerError(f"rank {dist.get_rank()} stopped: {', '.join(gone)} failed or died "
-                          f"({_first_line(str(error))})") from None
+                          f"({'its connection closed' if _is_broken_link(str(error)) else _first_line(str(error))})") from None
     finally:
         if heartbeat is not None:
             heartbeat.stop()
-        if dist.is_initialized():
+        if dist.is_initialized() and not failed:  # with a dead peer, tearing the group down may wait on it
             dist.destroy_process_group()
 
 
@@ -239,13 +277,13 @@ class _Heartbeat:
 
     def __init__(self, store: Any, rank_: int, size: int) -> None:
         self.store, self.rank, self.size = store, rank_, size
-        self.host = socket.gethostname()
+        self.host = f"node {os.environ.get('GROUP_RANK', '?')} ({socket.gethostname()})"
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="torchpint-heartbeat", daemon=True)
 
     @classmethod
     def start(cls) -> _Heartbeat | None:
-        try:
+        try:  # a connection of its own: the thread must not interleave with other users of job_store()
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                   timeout=timedelta(seconds=10))
         except Exception:  # noqa: BLE001 - without a store the failure message is less precise, nothing worse
@@ -266,7 +304,7 @@ class _Heartbeat:
                 return
 
     def gone_peers(self) -> list[str]:
-        """``"rank R on HOST"`` for every other rank whose heartbeat is stale (waits up to ~2 s)."""
+        """``"rank R on node N (HOST)"`` for every other rank whose heartbeat is stale (waits up to ~1.5 s)."""
         deadline = time.time() + _STALE_S + 0.5
         while True:
             now = time.time()

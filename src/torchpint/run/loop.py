@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from torchpint.errors import NonFiniteError
-from torchpint.run.checkpoint import Checkpoints, check_config, set_rng_state
+from torchpint.run.checkpoint import CheckpointError, Checkpoints, Found, check_config, set_rng_state
 from torchpint.run.report import epoch_line
 
-__all__ = ["EpochTrainer", "LoopResult", "NonFiniteLossError", "check_finite", "train_epochs"]
+__all__ = ["EpochTrainer", "LoopResult", "NonFiniteLossError", "StepHooks", "check_finite", "restore_state", "train_epochs"]
+
+
+_AGREE = object()  # train_epochs(resume_from=...) not given: agree on the checkpoint here
 
 
 class NonFiniteLossError(NonFiniteError):
@@ -45,6 +48,18 @@ def check_finite(value: float, *, label: str, epoch: int, step: int, lr: float |
         at = f" (lr {lr:.4g})" if lr is not None else ""
         raise NonFiniteLossError(f"{label}: the loss became {value} at epoch {epoch + 1}, step {step + 1}{at}; "
                                  f"training stopped")
+
+
+class StepHooks(Protocol):
+    """Hooks a trainer calls at each step (fault injection in tests, see :mod:`torchpint.testing`)."""
+
+    def on_loss(self, loss: Any, epoch: int, step: int) -> Any:
+        """The loss of step ``step`` of ``epoch`` (0-based), possibly replaced."""
+        ...
+
+    def on_step(self, rank: int, epoch: int, step: int) -> None:
+        """Rank ``rank`` begins step ``step`` of ``epoch`` (0-based)."""
+        ...
 
 
 class EpochTrainer(Protocol):
@@ -99,6 +114,7 @@ def train_epochs(
     group: Any = None,
     progress: bool = True,
     print_fn: Callable[[str], None] | None = None,
+    resume_from: Any = _AGREE,
 ) -> LoopResult:
     """Train ``trainer`` for ``epochs`` epochs (continuing a checkpointed run with ``resume``).
 
@@ -110,6 +126,10 @@ def train_epochs(
     every part is on disk before it (``None`` when the trainer's own protocol already orders the
     writes, as paranet's hub does).  ``group``: the process group of the processes that call
     this (for agreeing on the checkpoint to resume; ``None``: the default group).
+    ``resume_from``: a checkpoint the caller already agreed on with :meth:`Checkpoints.agree`
+    (or ``None``: none), for runs whose other processes do not run this loop but must take
+    part in the agreement (paranet's workers).  A trainer with ``merges_parts = True`` gets
+    every part's state merged (so a checkpoint resumes under another process layout).
     """
     from tqdm import tqdm  # type: ignore[import-untyped]
 
@@ -118,17 +138,16 @@ def train_epochs(
     start_epoch = 0
     notes: list[str] = []
     if resume:
-        found = checkpoints.agree(group)
+        found = checkpoints.agree(group) if resume_from is _AGREE else resume_from
         if found is not None:
+            assert isinstance(found, Found)
             check_config(found.config, config, resume_keys, checkpoints.root.parent)
             notes = found.notes
-            if part is not None or lead:
-                state = checkpoints.load_part(found, part if part is not None else 0)
-                trainer.load_state_dict(state["state"])
-                if state.get("rng") is not None:
-                    set_rng_state(state["rng"])
-            else:
-                trainer.load_state_dict({})
+            state, rng = restore_state(checkpoints, found, part if part is not None else 0,
+                                       merge=bool(getattr(trainer, "merges_parts", False)))
+            trainer.load_state_dict(state)
+            if rng is not None:
+                set_rng_state(rng)
             history = list(found.extra.get("history", []))
             start_epoch = found.index
             if lead:
@@ -171,6 +190,30 @@ def train_epochs(
         if barrier is not None:
             barrier()
     return LoopResult(history, start_epoch, time.perf_counter() - begin, notes)
+
+
+def restore_state(checkpoints: Checkpoints, found: Found, part: int, *, merge: bool = False
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(state, RNG states) of process ``part`` from ``found``; ``merge``: every part's state, merged.
+
+    Merging is one level deep (a part's state of dicts, e.g. ``{"weights": {...}, "momentum": {...}}``,
+    merges dict by dict), for states keyed by global names.  The RNG states are ``part``'s own
+    (``None`` when the checkpoint has no such part).
+    """
+    own = checkpoints.load_part(found, part) if part < found.parts else None
+    rng = own.get("rng") if own is not None else None
+    if not merge:
+        if own is None:
+            raise CheckpointError(f"{found.folder} has {found.parts} part(s); process {part} has none to resume from")
+        return dict(own["state"]), rng
+    merged: dict[str, Any] = {}
+    for p in range(found.parts):
+        for key, value in checkpoints.load_part(found, p)["state"].items():
+            if isinstance(value, dict):
+                merged.setdefault(key, {}).update(value)
+            else:
+                merged.setdefault(key, value)
+    return merged, rng
 
 
 def _kept(checkpoints: Checkpoints) -> str:
