@@ -28,7 +28,7 @@ import torch
 
 from torchpint.cli.plots import plot_residuals
 from torchpint.cli.solve import SolveConfig, solve_worker
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 
 HERE = Path(__file__).resolve().parent
 CONFIG = SolveConfig(problem="heat1d", nx=2049, nt=1025, levels=5, cf=[4], relax="FCF", cycle="V",

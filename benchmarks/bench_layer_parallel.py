@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.layerpar.bench import (
     BenchSpec,
     ideal_time,

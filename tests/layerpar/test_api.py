@@ -13,7 +13,7 @@ from torchpint.layerpar import (
     ResidualStep,
     plan_layout,
 )
-from torchpint.layerpar.checks import CheckCase, build_network, check_data
+from torchpint.testing.layer_parallel import CheckCase, build_check_network, check_data
 
 
 def mlp(width: int = 4):
@@ -101,7 +101,7 @@ def test_step_layers_must_be_pure_and_alike() -> None:
 @pytest.mark.parametrize("levels", [1, 2])
 def test_non_finite_activation_names_the_layer(levels) -> None:
     case = CheckCase(layers=8, levels=levels, cf=4)
-    net = build_network(case)
+    net = build_check_network(case)
     with torch.no_grad():
         net.layers[6][0].bias[1] = float("nan")
     x, _ = check_data(case)
@@ -112,7 +112,7 @@ def test_non_finite_activation_names_the_layer(levels) -> None:
 
 def test_non_finite_input_and_gradient() -> None:
     case = CheckCase(layers=8, levels=2, cf=2)
-    net = build_network(case)
+    net = build_check_network(case)
     x, _ = check_data(case)
     bad = x.clone()
     bad[1, 2] = float("nan")
@@ -145,7 +145,7 @@ def test_unstable_coarse_level_is_named() -> None:
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_frozen_step_parameters(mode) -> None:
     case = CheckCase(layers=4, levels=2, cf=2)
-    net = build_network(case)
+    net = build_check_network(case)
     net.step_mode = mode
     for layer in net.layers:
         layer[0].bias.requires_grad_(False)
