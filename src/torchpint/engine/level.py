@@ -14,7 +14,7 @@ import torch
 
 from torchpint.engine.comm import Comm
 from torchpint.engine.grid import Layout
-from torchpint.engine.problem import Problem, step_batch
+from torchpint.engine.problem import Problem, step_batch, step_batch_into
 from torchpint.engine.state import State, add, length, take, tree_map
 from torchpint.engine.timing import PhaseTimer
 
@@ -42,28 +42,37 @@ class Level:
     steps_taken: int = field(default=0)
 
     # ------------------------------------------------------------------ stepping
-    def phi(self, u: State, first: int, count: int, stride: int = 1) -> State:
-        """Step the stacked states ``u`` from the global points ``first + k*stride`` to the next point."""
+    def phi(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
+        """Step the stacked states ``u`` from the global points ``first + k*stride`` to the next point.
+
+        ``out``: where to write the result (e.g. a view of ``self.u``; must not overlap ``u``);
+        default a new state.
+        """
         t = self.layout.t
-        idx = slice(first, first + count * stride, stride)
-        t0 = t[idx]
+        t0 = t[first : first + count * stride : stride]
         t1 = t[first + 1 : first + 1 + count * stride : stride]
         self.steps_taken += count
         with self.timer.phase("step"):
-            return step_batch(self.problem, u, t0, t1)
+            if out is None:
+                return step_batch(self.problem, u, t0, t1)
+            step_batch_into(self.problem, u, t0, t1, out)
+            return out
 
     def stored_states(self) -> int:
         """How many states this level holds on this rank (``u`` and ``g``)."""
         return sum(length(x) for x in (self.u, self.g) if x is not None)
 
-    def phi_plus_g(self, u: State, first: int, count: int, stride: int = 1) -> State:
-        """``Phi(u) + g`` at the points that follow ``first + k*stride`` (the level's equation)."""
-        out = self.phi(u, first, count, stride)
+    def phi_plus_g(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
+        """``Phi(u) + g`` at the points that follow ``first + k*stride`` (the level's equation); ``out`` as in :meth:`phi`."""
+        result = self.phi(u, first, count, stride, out)
         if self.g is None:
-            return out
+            return result
         lo = self.layout.lo
         g = take(self.g, slice(first + 1 - lo, first + 1 - lo + count * stride, stride))
-        return add(out, g)
+        if out is None:
+            return add(result, g)  # the problem's result may not be ours to modify
+        tree_map(torch.Tensor.add_, out, g)
+        return out
 
     # ------------------------------------------------------------------ halo
     def halo(self, values: State, needs: Callable[[int], bool]) -> State | None:

@@ -50,26 +50,28 @@ def f_relax(level: Level) -> None:
                 if count == 0:
                     break
                 prev = take(u, slice(fc + j - 1, fc + j - 1 + count * m, m))
-                put(u, slice(fc + j, n, m), level.phi_plus_g(prev, lo + fc + j - 1, count, m))
+                level.phi_plus_g(prev, lo + fc + j - 1, count, m, out=take(u, slice(fc + j, n, m)))
             level.send_last(u, needs)  # our last interval may continue on the next rank
         if leading > 0:
             # The tail of an interval that began on an earlier rank: wait for its last point.
             before = level.recv_halo(needs)
             assert before is not None
             for i in range(leading):
-                src = before if i == 0 else take(u, i - 1)
-                put(u, i, take(level.phi_plus_g(stack([src]), lo + i - 1, 1), 0))
+                src = stack([before]) if i == 0 else take(u, slice(i - 1, i))
+                level.phi_plus_g(src, lo + i - 1, 1, out=take(u, slice(i, i + 1)))
             if fc >= n:
                 level.send_last(u, needs)
 
 
 def point_images(
-    level: Level, values: State, every_point: bool = False, with_g: bool = True
+    level: Level, values: State, every_point: bool = False, with_g: bool = True, into: State | None = None
 ) -> tuple[slice, State] | None:
     """``Phi(values_{i-1}) (+ g_i)`` at the local C-points ``i >= 1`` (or every point ``i >= 1``).
 
     Needs the halo when this rank's first target is its first point.  Returns the local
     slice of the targets and the stacked images, or None if this rank has no target.
+    ``into``: a stacked state of the local points (e.g. ``values`` itself, when only targets
+    change) into whose targets the images are written; the returned images are then that view.
     """
     layout = level.layout
     n, lo = layout.n_local, layout.lo
@@ -90,7 +92,8 @@ def point_images(
     else:
         prev = take(values, slice(start - 1, start - 1 + count * m, m))
     step = level.phi_plus_g if with_g else level.phi
-    return slice(start, n, m), step(prev, lo + start - 1, count, m)
+    where = slice(start, n, m)
+    return where, step(prev, lo + start - 1, count, m, out=None if into is None else take(into, where))
 
 
 Images = tuple[slice, State]  # (C-indices, stacked values at them)
@@ -215,6 +218,10 @@ def c_relax(level: Level, weight: float = 1.0, cached: Cached | None = None) -> 
     """
     assert level.u is not None
     with level.timer.phase("c_relax"):
+        if cached is None and weight == 1.0 and not level.c_only:
+            # The images are the new C-points: step straight into them (the F-points read are disjoint).
+            point_images(level, level.u, into=level.u)
+            return
         images = c_images(level) if cached is None else cached.images
         if images is None:
             return
@@ -246,7 +253,10 @@ def sequential_solve(level: Level) -> None:
         for i in range(n):
             if lo + i == 0:
                 continue
-            src = before if i == 0 else take(u, i - 1)
-            assert src is not None  # the previous rank's last point (received above)
-            put(u, i, take(level.phi_plus_g(stack([src]), lo + i - 1, 1), 0))
+            if i == 0:
+                assert before is not None  # the previous rank's last point (received above)
+                src = stack([before])
+            else:
+                src = take(u, slice(i - 1, i))
+            level.phi_plus_g(src, lo + i - 1, 1, out=take(u, slice(i, i + 1)))
         level.send_last(u, always)
