@@ -16,6 +16,7 @@ same global layout which messages exist, in the same order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -32,11 +33,27 @@ class Comm(Protocol):
 
     def recv(self, template: State, src: int) -> State: ...
 
+    def irecv(self, template: State, src: int) -> PendingRecv: ...
+
     def wait_sends(self) -> None: ...
 
     def sum(self, value: torch.Tensor) -> torch.Tensor: ...
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]: ...
+
+
+@dataclass
+class PendingRecv:
+    """A receive posted with ``irecv``: ``wait()`` gives the state once it has arrived."""
+
+    work: dist.Work | None
+    buffer: torch.Tensor
+    template: State
+
+    def wait(self) -> State:
+        if self.work is not None:
+            self.work.wait()
+        return unflatten(self.buffer.to(flatten(self.template).device), self.template)
 
 
 class SerialComm:
@@ -49,6 +66,9 @@ class SerialComm:
         raise RuntimeError("SerialComm has no other rank to send to")
 
     def recv(self, template: State, src: int) -> State:  # pragma: no cover - never called
+        raise RuntimeError("SerialComm has no other rank to receive from")
+
+    def irecv(self, template: State, src: int) -> PendingRecv:  # pragma: no cover - never called
         raise RuntimeError("SerialComm has no other rank to receive from")
 
     def wait_sends(self) -> None:
@@ -95,6 +115,12 @@ class DistComm:
         dist.recv(buffer, self._global(src), group=self.group)
         return unflatten(buffer.to(flat.device), template)
 
+    def irecv(self, template: State, src: int) -> PendingRecv:
+        """Post a receive and return at once (matched in posting order, as ``recv``)."""
+        flat = flatten(template)
+        buffer = torch.empty(flat.numel(), dtype=flat.dtype, device=self.device)
+        return PendingRecv(dist.irecv(buffer, self._global(src), group=self.group), buffer, template)
+
     def wait_sends(self) -> None:
         for work in self._pending:
             work.wait()
@@ -140,6 +166,9 @@ class ReversedComm:
 
     def recv(self, template: State, src: int) -> State:
         return self.inner.recv(template, self._map(src))
+
+    def irecv(self, template: State, src: int) -> PendingRecv:
+        return self.inner.irecv(template, self._map(src))
 
     def wait_sends(self) -> None:
         self.inner.wait_sends()

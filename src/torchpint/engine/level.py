@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from torchpint.engine.comm import Comm
+from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
 from torchpint.engine.state import State, add, length, take, tree_map
@@ -75,19 +75,13 @@ class Level:
         return out
 
     # ------------------------------------------------------------------ halo
-    def halo(self, values: State, needs: Callable[[int], bool]) -> State | None:
-        """Send this rank's last point forward; receive the point before this rank's first.
-
-        ``needs(boundary)`` says whether the rank whose first point is the global index
-        ``boundary`` needs the point before it.  The sender evaluates it at its ``hi``, the
-        receiver at its ``lo`` (the same index), so a message is posted exactly when the other
-        side waits for it.  Sends are non-blocking and always go forward in time: no deadlock.
-        """
-        self.send_last(values, needs)
-        return self.recv_halo(needs)
-
+    # The halo: a rank sends its last point forward to the next non-empty rank, which receives it
+    # as the point before its first.  ``needs(boundary)`` says whether the rank whose first point
+    # is the global index ``boundary`` needs the point before it; the sender evaluates it at its
+    # ``hi``, the receiver at its ``lo`` (the same index), so a message is posted exactly when the
+    # other side waits for it.  Sends are non-blocking and always go forward in time: no deadlock.
     def send_last(self, values: State, needs: Callable[[int], bool]) -> None:
-        """The sending half of :meth:`halo` (for exchanges that must wait for local work)."""
+        """Send the last point of the stacked ``values`` (this rank's points) if the next rank needs it."""
         self.send_point(take(values, self.layout.n_local - 1), needs)
 
     def send_point(self, value: State, needs: Callable[[int], bool]) -> None:
@@ -98,16 +92,21 @@ class Level:
                 self.comm.send(value, nxt)
 
     def recv_halo(self, needs: Callable[[int], bool]) -> State | None:
-        """The receiving half of :meth:`halo`."""
+        """The point before this rank's first, if this rank needs it (blocking)."""
         prev = self.layout.prev_owner()
         if prev is None or not needs(self.layout.lo):
             return None
         with self.timer.phase("comm"):
             return self.comm.recv(self.template, prev)
 
+    def post_halo(self, needs: Callable[[int], bool]) -> PendingRecv | None:
+        """:meth:`recv_halo` posted without waiting: work that does not need the halo goes on meanwhile."""
+        prev = self.layout.prev_owner()
+        if prev is None or not needs(self.layout.lo):
+            return None
+        return self.comm.irecv(self.template, prev)
 
-def cat_points(first: State | None, rest: State) -> State:
-    """Prepend one single state to a stacked state."""
-    if first is None:
-        return rest
-    return tree_map(lambda a, b: torch.cat([a.unsqueeze(0), b]), first, rest)
+    def wait_halo(self, pending: PendingRecv) -> State:
+        with self.timer.phase("comm"):
+            return pending.wait()
+

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torchpint.engine.level import Level, cat_points
-from torchpint.engine.state import State, axpby, cat, put, stack, sub, take
+from torchpint.engine.level import Level
+from torchpint.engine.state import State, axpby, cat, empty_stack, put, stack, sub, take
 
 
 def _first_local_c(level: Level) -> int:
@@ -75,25 +75,30 @@ def point_images(
     """
     layout = level.layout
     n, lo = layout.n_local, layout.lo
-    m = 1 if every_point or layout.m is None else layout.m
-    needs = lambda boundary: boundary % m == 0  # the next rank starts at a target
-    halo = level.halo(values, needs) if n > 0 else None
     if n == 0:
         return None
+    m = 1 if every_point or layout.m is None else layout.m
+    needs = lambda boundary: boundary % m == 0  # the next rank starts at a target
+    level.send_last(values, needs)
+    pending = level.post_halo(needs)  # only for the first target: the others are stepped meanwhile
     first = -(-lo // m) * m - lo  # local index of the first target
     start = first if lo + first > 0 else first + m  # global point 0 is the initial value
     count = len(range(start, n, m))
     if count == 0:
         return None
-    if start == 0:
-        assert halo is not None
-        rest = take(values, slice(m - 1, m - 1 + (count - 1) * m, m))
-        prev = cat_points(halo, rest)
-    else:
-        prev = take(values, slice(start - 1, start - 1 + count * m, m))
     step = level.phi_plus_g if with_g else level.phi
     where = slice(start, n, m)
-    return where, step(prev, lo + start - 1, count, m, out=None if into is None else take(into, where))
+    targets = take(into, where) if into is not None else empty_stack(level.template, count)
+    if pending is None:
+        step(take(values, slice(start - 1, start - 1 + count * m, m)), lo + start - 1, count, m, out=targets)
+        return where, targets
+    # start == 0: the first target's predecessor is the halo, the others' are local.
+    if count > 1:
+        prev = take(values, slice(m - 1, m - 1 + (count - 1) * m, m))
+        step(prev, lo + m - 1, count - 1, m, out=take(targets, slice(1, None)))
+    halo = level.wait_halo(pending)
+    step(stack([halo]), lo - 1, 1, out=take(targets, slice(0, 1)))
+    return where, targets
 
 
 Images = tuple[slice, State]  # (C-indices, stacked values at them)
