@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover - exercised only in an environment witho
     numba = None
     AVAILABLE = False
 
-# Right-hand sides per tile: 8 float64 fill one AVX-512 register; measured best of 4/8/16/32
-# for nx 257 and 2049 (docs/engine.md).
+# Right-hand sides per tile: 8 float64 fill one AVX-512 register; 8 and 16 measured alike,
+# 4 and 32 slower, for nx 257 and 2049 (docs/engine.md).
 TILE = 8
 
 NO_SOURCE, FULL_SOURCE, SEPARABLE_SOURCE = 0, 1, 2
