@@ -10,6 +10,7 @@ the reference, docs/engine.md):
 
     .venv/bin/python benchmarks/bench_engine.py --baseline 2880a57 [--rounds 8] [--cases 1,2,1p2]
     .venv/bin/python benchmarks/bench_engine.py --latency      # one gloo message, 2 processes
+    .venv/bin/python benchmarks/bench_engine.py --kernel       # Heat1D's batched step, per state
 
 ``--baseline REV`` extracts ``git archive REV`` into a temporary folder and runs its ``src``
 with this same interpreter, side by side with the working tree's ``src``: every round starts
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,54 @@ def ping_pong(rounds: int, numel: int) -> float:
     return statistics.median(times)
 
 
+def torch_rows_solve(d: Any, e: Any, b: Any) -> Any:
+    """The LDL^T sweeps in torch ops, one op per row across the batch (the batch contiguous)."""
+    import torch
+
+    x = b.T.contiguous()
+    d, e = torch.from_numpy(d), torch.from_numpy(e)
+    for i in range(1, x.shape[0]):
+        x[i].sub_(x[i - 1] * e[i - 1])
+    x[-1].div_(d[-1])
+    for i in range(x.shape[0] - 2, -1, -1):
+        x[i].div_(d[i]).sub_(x[i + 1] * e[i])
+    return x.T.contiguous()
+
+
+def time_kernels(rounds: int) -> dict[str, float]:
+    """Seconds per state of Heat1D's batched step: the row kernel, LAPACK pttrs, torch row ops."""
+    import torch
+
+    from torchpint.problems import Heat1D, default_rhs
+
+    torch.set_num_threads(1)
+    out: dict[str, float] = {}
+    for nx, batch in ((2049, 256), (257, 1024)):
+        rows, lapack = (Heat1D(0.0, 2.0, nx, rhs=default_rhs(), solver=s) for s in ("rows", "lapack"))
+        u = torch.randn(2 * batch, nx - 2, dtype=torch.float64)[::2]  # strided, as the engine passes
+        t0 = torch.linspace(0.0, 1.0, batch, dtype=torch.float64)
+        t1 = t0 + 2.0 / 1024
+        d, e = lapack._factor(2.0 / 1024)
+        b = u + lapack._source(t1) * (t1 - t0).unsqueeze(1)
+        variants = {"rows": partial(rows.step_batch, u, t0, t1), "lapack": partial(lapack.step_batch, u, t0, t1),
+                    "torch_rows": partial(torch_rows_solve, d, e, b)}
+        if not torch.equal(variants["rows"](), variants["lapack"]()):
+            raise SystemExit("the row kernel and pttrs disagree")
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for k in range(rounds):  # interleaved; the slow torch-ops variant only in the first rounds
+            for name, fn in variants.items():
+                if name == "torch_rows" and k >= 2:
+                    continue
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) / batch)
+        for name, values in times.items():
+            out[f"nx{nx}_{name}_us"] = 1e6 * statistics.median(values)
+        print(f"nx {nx}, batch {batch}: us per state: " + ", ".join(
+            f"{name} {out[f'nx{nx}_{name}_us']:.2f}" for name in variants) + " (rows and lapack: bitwise equal)")
+    return out
+
+
 # ---------------------------------------------------------------------------- the driver
 def run_tree(src: Path, names: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -221,6 +271,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
     parser.add_argument("--cases", default="1,2,1p2", help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--latency", action="store_true", help="measure one gloo message between 2 processes")
+    parser.add_argument("--kernel", action="store_true", help="time Heat1D's batched step alone, per state")
     parser.add_argument("--pymgrit-python", default="/work/pymgrit-venv/bin/python")
     parser.add_argument("--out", default=str(HERE / "results" / "engine.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -242,6 +293,15 @@ def main() -> None:
             seconds = _run_workers(ping_pong, 2, (2000, numel))[0]
             record[f"latency_us_{numel}"] = 1e6 * seconds
             print(f"one message of {numel} float64 over gloo (DistComm send/recv, median of 2000): {1e6 * seconds:.1f} us")
+    if args.kernel:
+        sys.path.insert(0, str(ROOT / "src"))
+        record["kernel"] = time_kernels(max(args.rounds, 3) * 4)
+        record["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"load average before {' '.join(record['loadavg_before'])}, after {' '.join(record['loadavg_after'])}")
+        out = Path(args.out).with_name(Path(args.out).stem + "_kernel.json")
+        out.write_text(json.dumps(record, indent=1))
+        print(f"results: {out}")
+        return
     with tempfile.TemporaryDirectory(prefix="torchpint-baseline-") as tmp:
         trees = {"working tree": ROOT / "src"}
         if args.baseline:
