@@ -27,7 +27,7 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
 
     ``cached``: the fine level's ``c_images`` for its current ``u``, if the caller has them.
     The coarse ``u`` and ``g`` are rewritten in the storage they already have (no allocation);
-    the arithmetic is ``g = (0 + r) + (v - Phi_c(v))`` as written in the module note.
+    the arithmetic is ``g = r + (v - Phi_c(v))`` in the order of the module note (bitwise as before).
     """
     assert coarse.u is not None and coarse.g is not None
     with fine.timer.phase("restrict"):
