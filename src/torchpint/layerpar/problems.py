@@ -8,6 +8,11 @@ fine level steps with exactly the ``h`` of the serial network and a coarse level
 :class:`LayerBank` evaluates them: one ``torch.func.vmap`` call over the stacked weights of the
 layers involved, or a loop of module calls), so an F-relaxation is one batched call over all
 C-intervals.
+
+The forward pass's last sweep keeps its steps with their autograd graphs (a
+:class:`Linearisation`); every adjoint step is a backward pass through them (no forward
+recomputation), and the adjoint's last sweep takes the parameter gradients from the same
+backward passes as its steps.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import functional_call, vjp, vmap
+from torch.func import functional_call, vmap
 
 from torchpint.engine.problem import BatchedProblem
 
@@ -26,12 +31,12 @@ STEP_MODES = ("auto", "vmap", "loop")
 class LayerBank:
     """The step layers one rank can step with (its own, and replicas of a few others).
 
-    ``modules[k]`` is layer ``k`` with current weights.  ``mode`` says how a batch of steps
-    through different layers is evaluated: ``"vmap"`` (the weights of the layers involved
-    stacked, one ``torch.func.vmap`` call of ``functional_call``: one kernel per operation, what
-    a GPU wants) or ``"loop"`` (one plain module call per layer, and autograd for the VJPs:
-    faster on CPU, where a vmapped convolution becomes a slower grouped convolution);
-    ``"auto"`` picks vmap on CUDA and the loop elsewhere.
+    ``modules[k]`` is layer ``k`` with current weights.  ``mode`` says how the forward solve's
+    batch of steps through different layers is evaluated: ``"vmap"`` (the weights of the layers
+    involved stacked, one ``torch.func.vmap`` call of ``functional_call``: one kernel per
+    operation, what a GPU wants) or ``"loop"`` (one plain module call per layer: faster on CPU,
+    where a vmapped convolution becomes a slower grouped convolution); ``"auto"`` picks vmap on
+    CUDA and the loop elsewhere.  Recorded steps (:class:`Linearisation`) are module calls.
     """
 
     def __init__(self, modules: dict[int, nn.Module], layers: int, mode: str = "auto") -> None:
@@ -44,7 +49,7 @@ class LayerBank:
         device = next(self.template.parameters()).device
         self.vmap = mode == "vmap" or (mode == "auto" and device.type == "cuda")
 
-    def _ids(self, layer: torch.Tensor) -> list[int]:
+    def ids(self, layer: torch.Tensor) -> list[int]:
         ids = layer.tolist()
         missing = sorted({k for k in ids if k not in self.modules})
         if missing:
@@ -53,7 +58,7 @@ class LayerBank:
 
     def stacked(self, layer: torch.Tensor) -> dict[str, torch.Tensor]:
         """The weights of the given layers, stacked along a new leading axis (detached)."""
-        ids = self._ids(layer)
+        ids = self.ids(layer)
         return {
             name: torch.stack([self.modules[k].get_parameter(name).detach() for k in ids]) for name in self.names
         }
@@ -62,54 +67,78 @@ class LayerBank:
         """The step layer with ``params`` on one state."""
         return functional_call(self.template, params, (x,))
 
-    # ------------------------------------------------------------------ the three operations
-    def forward(self, layer: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``f_{layer[i]}(u[i])`` for every ``i``."""
+    def forward(self, layer: torch.Tensor, u: torch.Tensor, record: Linearisation | None = None) -> torch.Tensor:
+        """``f_{layer[i]}(u[i])`` for every ``i``; with ``record``, each step's autograd graph is kept there."""
+        if record is not None:
+            return record.steps(self, self.ids(layer), u)
         if self.vmap:
             return vmap(self.f)(self.stacked(layer), u)
         with torch.no_grad():
-            return torch.stack([self.modules[k](u[i]) for i, k in enumerate(self._ids(layer))])
+            return torch.stack([self.modules[k](u[i]) for i, k in enumerate(self.ids(layer))])
 
-    def vjp_input(self, layer: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``J_{f_k}(x_k)^T v_k`` with respect to the input, for every ``k`` of ``layer``."""
-        if self.vmap:
+    def trainable(self, k: int) -> list[nn.Parameter]:
+        """Layer ``k``'s parameters that want gradients (frozen ones get zeros)."""
+        return [p for p in self.modules[k].parameters() if p.requires_grad]
 
-            def one(params: dict[str, torch.Tensor], xk: torch.Tensor, vk: torch.Tensor) -> torch.Tensor:
-                pull = vjp(lambda xx: self.f(params, xx), xk)[1]
-                return pull(vk)[0]
+    def param_grads(self, k: int, found: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """``found`` (the gradients of :meth:`trainable`, ``None`` where unused) for every parameter, by name."""
+        given = dict(zip((id(p) for p in self.trainable(k)), found))
+        out = []
+        for p in self.modules[k].parameters():
+            g = given.get(id(p))
+            out.append(g if g is not None else torch.zeros_like(p))
+        return out
 
-            return vmap(one)(self.stacked(layer), x, v)
-        ids = self._ids(layer)
+
+class Linearisation:
+    """The steps ``f_k(x_k)`` of the forward pass's last sweep, kept with their autograd graphs.
+
+    Every adjoint step of layer ``k``, on every level (a coarse step of layer ``k`` linearises at
+    the same state ``x_k``), is ``J_{f_k}(x_k)^T v``: a backward pass through the kept graph, with no
+    forward recomputation; the adjoint's last sweep also takes the parameter gradient from it.
+    Each ``x_k`` is its own leaf (a copy: the solver overwrites its trajectory in place).
+    """
+
+    def __init__(self) -> None:
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+
+    def steps(self, bank: LayerBank, ids: list[int], u: torch.Tensor) -> torch.Tensor:
+        outs = []
         with torch.enable_grad():
-            xs = x.detach().requires_grad_(True)
-            outs = [self.modules[k](xs[i]) for i, k in enumerate(ids)]
-            (grad,) = torch.autograd.grad(outs, [xs], [v[i] for i in range(len(ids))])
-        return grad
+            for i, k in enumerate(ids):
+                x = u[i].detach().clone().requires_grad_(True)
+                f = bank.modules[k](x)
+                self.inputs[k], self.outputs[k] = x, f
+                outs.append(f.detach())
+        return torch.stack(outs)
 
-    def vjp_params(self, layer: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(d f_k / d theta_k)^T v_k`` for every ``k`` of ``layer``, stacked by parameter name."""
-        if self.vmap:
-
-            def one(params: dict[str, torch.Tensor], xk: torch.Tensor, vk: torch.Tensor) -> dict[str, torch.Tensor]:
-                pull = vjp(lambda p: self.f(p, xk), params)[1]
-                return pull(vk)[0]
-
-            return vmap(one)(self.stacked(layer), x, v)
-        ids = self._ids(layer)
-        params = [self.modules[k].get_parameter(name) for k in ids for name in self.names]
-        wanted = [p for p in params if p.requires_grad]  # frozen weights get zeros
-        with torch.enable_grad():
-            outs = [self.modules[k](x[i].detach()) for i, k in enumerate(ids)]
-            found = torch.autograd.grad(outs, wanted, [v[i] for i in range(len(ids))], allow_unused=True) if wanted else ()
-        by_id = {id(p): g for p, g in zip(wanted, found)}
-        n = len(self.names)
-        return {
-            name: torch.stack([
-                g if (g := by_id.get(id(params[i * n + j]))) is not None else torch.zeros_like(params[i * n + j])
-                for i in range(len(ids))
-            ])
-            for j, name in enumerate(self.names)
-        }
+    def vjp(
+        self, bank: LayerBank, ids: list[int], v: torch.Tensor, *, inputs: bool = True, params: bool = False
+    ) -> tuple[torch.Tensor | None, list[list[torch.Tensor]] | None]:
+        """``J_{f_k}(x_k)^T v_k`` for every ``k`` of ``ids`` (``inputs``), and the parameter
+        vector-Jacobian products ``(d f_k / d theta_k)^T v_k`` (``params``; per layer, by name),
+        from one backward pass through the kept graphs (kept for the next use)."""
+        missing = [k for k in ids if k not in self.outputs]
+        if missing:
+            raise RuntimeError(f"internal error: no recorded forward step for layers {missing}")
+        leaves = [self.inputs[k] for k in ids] if inputs else []
+        wanted = [p for k in ids for p in bank.trainable(k)] if params else []
+        found = torch.autograd.grad(
+            [self.outputs[k] for k in ids], leaves + wanted, list(v), retain_graph=True, allow_unused=True
+        )
+        jt = None
+        if inputs:
+            jt = torch.stack([g if g is not None else torch.zeros_like(x) for g, x in zip(found, leaves)])
+        if not params:
+            return jt, None
+        rest = list(found[len(leaves):])
+        grads = []
+        for k in ids:
+            n = len(bank.trainable(k))
+            grads.append(bank.param_grads(k, rest[:n]))
+            rest = rest[n:]
+        return jt, grads
 
 
 @dataclass
@@ -124,6 +153,12 @@ class FiniteTracker:
     def record(self, layer: torch.Tensor, span: torch.Tensor, u_in: torch.Tensor, u_out: torch.Tensor) -> None:
         self.events.append((layer, span, u_in.flatten(1).sum(1), u_out.flatten(1).sum(1)))
 
+    def all_finite(self) -> bool:
+        """Whether every recorded step's output is finite (one reduction over the small sums)."""
+        if not self.events:
+            return True
+        return bool(torch.isfinite(torch.cat([out for _, _, _, out in self.events])).all())
+
     def first(self) -> tuple[int, int, int]:
         """``(first fine layer, first coarse layer, its span)``; -1 where there is none."""
         fine, coarse, coarse_span = -1, -1, -1
@@ -137,6 +172,15 @@ class FiniteTracker:
         return fine, coarse, coarse_span
 
 
+def check_step_shape(x: torch.Tensor, f: torch.Tensor) -> None:
+    """A residual step ``x + h f(x)`` needs ``f`` to keep the shape of ``x``."""
+    if f.shape != x.shape:
+        raise ValueError(
+            f"the step layer maps activations of shape {tuple(x.shape)} to {tuple(f.shape)}: "
+            f"a residual step x + h f(x) needs f to keep the shape"
+        )
+
+
 def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``values`` (n,) shaped to broadcast against a stacked state ``like`` (n, ...)."""
     return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
@@ -145,20 +189,23 @@ def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class ForwardProblem(BatchedProblem):
     """``x_{k+1} = x_k + H f_k(x_k)`` with ``k = round(t_start / h)`` (coarse: layer of the coarse point)."""
 
-    def __init__(self, bank: LayerBank, h: float, tracker: FiniteTracker) -> None:
+    def __init__(self, bank: LayerBank, h: float, tracker: FiniteTracker, linearise: bool = False) -> None:
         self.bank = bank
         self.h = h
         self.tracker = tracker
+        self.linearise = linearise  # a backward pass will follow
+        self.linearisation = Linearisation()
+        self.record: Linearisation | None = None  # set during the last sweep (see last_sweep)
+
+    def last_sweep(self, on: bool) -> None:
+        """While on (and ``linearise``), the steps are kept with their graphs: the backward pass's linearisation."""
+        self.record = self.linearisation if on and self.linearise else None
 
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
         first = torch.round(t_start / self.h).long()
         span = torch.round(t_stop / self.h).long() - first
-        f = self.bank.forward(first, u)
-        if f.shape != u.shape:
-            raise ValueError(
-                f"the step layer maps activations of shape {tuple(u.shape[1:])} to {tuple(f.shape[1:])}: "
-                f"a residual step x + h f(x) needs f to keep the shape"
-            )
+        f = self.bank.forward(first, u, self.record)
+        check_step_shape(u[0], f[0])
         out = u + _column(span.to(torch.float64) * self.h, u) * f
         self.tracker.record(first, span, u, out)
         return out
@@ -167,28 +214,43 @@ class ForwardProblem(BatchedProblem):
 class AdjointProblem(BatchedProblem):
     """``lambda_k = lambda_{k+M} + M h J_{f_k}(x_k)^T lambda_{k+M}`` in reversed time ``s = L - k``.
 
-    ``states`` holds this rank's forward solution at the points ``first_point, first_point + 1, ...``
-    (the linearisation points; a coarse level uses the injected fine states).
+    The Jacobians are those of the forward pass's :class:`Linearisation` (a coarse step of layer
+    ``k`` linearises at the same ``x_k``).  During the last sweep (:meth:`last_sweep`), whose inputs
+    ``lambda_{k+1}`` are final, every fine step also stores layer ``k``'s parameter gradient
+    ``h (d f_k / d theta_k)^T lambda_{k+1}`` in ``grads``: from the same backward pass as its
+    adjoint step.
     """
 
-    def __init__(
-        self, bank: LayerBank, states: torch.Tensor, first_point: int, layers: int, h: float, tracker: FiniteTracker
-    ) -> None:
+    def __init__(self, bank: LayerBank, linearisation: Linearisation, layers: int, h: float, tracker: FiniteTracker) -> None:
         self.bank = bank
-        self.states = states
-        self.first_point = first_point
+        self.linearisation = linearisation
         self.layers = layers
         self.h = h
         self.tracker = tracker
+        self.collect = False
+        self.grads: dict[int, list[torch.Tensor]] = {}
+
+    def last_sweep(self, on: bool) -> None:
+        self.collect = on
 
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
         s0 = torch.round(t_start / self.h).long()
         s1 = torch.round(t_stop / self.h).long()
         layer = self.layers - s1  # the forward step from point `layer` to `layer + span`
         span = s1 - s0
-        local = (layer - self.first_point).to(self.states.device)
-        x = self.states.index_select(0, local)
-        jt = self.bank.vjp_input(layer, x, u)
+        ids = self.bank.ids(layer)
+        jt, grads = self.linearisation.vjp(self.bank, ids, u, params=self.collect)
+        assert jt is not None
+        if grads is not None:
+            for k, g in zip(ids, grads):
+                self.grads[k] = [self.h * x for x in g]
         out = u + _column(span.to(torch.float64) * self.h, u) * jt
         self.tracker.record(layer, span, u, out)
         return out
+
+    def parameter_gradients(self, ids: list[int], lam_next: torch.Tensor) -> None:
+        """The parameter gradients of layers ``ids`` from their ``lambda_{k+1}`` (one backward pass)."""
+        _, grads = self.linearisation.vjp(self.bank, ids, lam_next, inputs=False, params=True)
+        assert grads is not None
+        for k, g in zip(ids, grads):
+            self.grads[k] = [self.h * x for x in g]
