@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -58,6 +58,7 @@ from torchpint.layerpar.problems import (
     LayerBank,
     Linearisation,
     check_step_shape,
+    finite,
 )
 
 __all__ = ["LayerParallel", "NonFiniteActivationError", "ResidualStep"]
@@ -296,6 +297,8 @@ class LayerParallel(nn.Module):
             x0 = self.opening(x)
         else:
             x0 = torch.empty(0, dtype=reference.dtype, device=reference.device)
+        if self.levels == 1 and comm.size == 1:
+            return self.closing(self._serial_pass(x0))
         anchor = torch.zeros((), device=reference.device, requires_grad=torch.is_grad_enabled())
         owned = [p for k in self.owned_layers for p in self.layers[k].parameters()]
         # A backward pass can follow (the anchor requires grad, on every rank alike): only then
@@ -372,7 +375,8 @@ class LayerParallel(nn.Module):
             steps[0] += level.steps_taken - before
             stats = {"iterations": result.iterations, "residuals": result.residuals, "converged": result.converged,
                      "steps_per_level": steps, "phase_seconds": level.timer.as_dict()}
-        bad = torch.tensor([0.0 if problem.tracker.all_finite() else 1.0], dtype=torch.float64)
+        # MGRIT checks every iteration's residual; this covers the exact pass and the last sweep.
+        bad = torch.tensor([0.0 if finite(level.u) else 1.0], dtype=torch.float64)
         if float(comm.sum(bad)) > 0:  # every rank learns it, and stops the same way
             raise NonFiniteError(stats["iterations"], "the exact pass" if serial or self.levels == 1 else "the last sweep")
         stats["warm"] = guess is not None
@@ -406,13 +410,15 @@ class LayerParallel(nn.Module):
         stepping = sorted(set(self.owned_layers) | set(replicas))
         return LayerBank({k: self.layers[k] for k in stepping}, self.num_layers, self.step_mode)
 
-    def _forward_solve(self, x0: torch.Tensor, linearise: bool) -> tuple[torch.Tensor, _ExactPass | ForwardProblem, torch.Tensor]:
+    def _forward_solve(
+        self, x0: torch.Tensor, linearise: bool, params: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, _ExactPass | ForwardProblem, torch.Tensor]:
         """The forward pass: ``x_L`` on rank 0, what the backward pass needs (with ``linearise``)
-        and a zero state."""
+        and a zero state.  ``params``: the owned layers' parameters, in order."""
         template = self._share_template(x0)
         u0 = x0.detach() if self.comm.rank == 0 else template
         if self.levels == 1:
-            exact = self._exact_forward(u0, template, linearise)
+            exact = self._exact_forward(u0, template, linearise, params)
             x_last = self._to_first_rank(exact.out.detach(), template)
             return x_last, exact, template
         problem, states = self._forward_mgrit(u0, template, linearise)
@@ -428,7 +434,27 @@ class LayerParallel(nn.Module):
             comm.wait_sends()
         return comm.recv_tensor(template.shape, template.dtype, last) if comm.rank == 0 else template[:0]
 
-    def _exact_forward(self, u0: torch.Tensor, template: torch.Tensor, linearise: bool) -> _ExactPass:
+    def _serial_pass(self, x0: torch.Tensor) -> torch.Tensor:
+        """One level on one process: the serial network itself, under plain autograd."""
+        start = time.perf_counter()
+        x = x0
+        for layer in self.layers:
+            f = layer(x)
+            check_step_shape(x, f)
+            x = x + self.h * f
+        if not finite(x):
+            def serial_pass(fine: FiniteTracker) -> None:
+                self._solve(_tracked(ForwardProblem(self._bank([]), self.h), fine), x0.detach(), adjoint=False)
+
+            raise self._diagnose("forward", not finite(x0), serial_pass)
+        self.last_stats["forward"] = {"iterations": 1, "residuals": [], "converged": True, "warm": False,
+                                      "steps_per_level": [self.num_layers], "seconds": time.perf_counter() - start}
+        # The backward pass is autograd's own (its NaN/Inf are not diagnosed, as in the serial network).
+        self.last_stats["backward"] = {"iterations": 1, "residuals": [], "converged": True, "warm": False,
+                                       "steps_per_level": [self.num_layers]}
+        return x
+
+    def _exact_forward(self, u0: torch.Tensor, template: torch.Tensor, linearise: bool, params: list[torch.Tensor]) -> _ExactPass:
         """One level: the serial pass through this rank's block of layers with plain autograd
         (pipelined: from the previous rank's last state to the next rank)."""
         comm, rank = self.comm, self.comm.rank
@@ -446,14 +472,14 @@ class LayerParallel(nn.Module):
         if rank < comm.size - 1:
             comm.isend(x.detach(), rank + 1)
         comm.wait_sends()
-        exact = _ExactPass(leaf, x, inputs)
-        bad = torch.tensor([0.0 if bool(torch.isfinite(x).all()) else 1.0], dtype=torch.float64)
+        exact = _ExactPass(leaf, x, inputs, params)
+        bad = torch.tensor([0.0 if finite(x) else 1.0], dtype=torch.float64)
         if float(comm.sum(bad)) > 0:  # every rank learns it, and stops the same way
             bank = self._bank(self._exchange_replicas())
-            bad_input = rank == 0 and not bool(torch.isfinite(u0).all())
+            bad_input = rank == 0 and not finite(u0)
 
             def serial_pass(fine: FiniteTracker) -> None:
-                self._solve(ForwardProblem(bank, self.h, fine), u0, adjoint=False)
+                self._solve(_tracked(ForwardProblem(bank, self.h), fine), u0, adjoint=False)
 
             raise self._diagnose("forward", bad_input, serial_pass)
         self.last_stats["forward"] = {"iterations": 1, "residuals": [], "converged": True, "warm": False,
@@ -468,7 +494,7 @@ class LayerParallel(nn.Module):
         start = time.perf_counter()
         if lam_hi is None:
             lam_hi = comm.recv_tensor(template.shape, template.dtype, rank + 1)
-        params = [p for k in self.owned_layers for p in self.layers[k].parameters()]
+        params = exact.params
         wanted = [p for p in params if p.requires_grad]
         found = torch.autograd.grad(exact.out, [exact.leaf, *wanted], lam_hi, allow_unused=True)
         lam_lo = found[0] if found[0] is not None else torch.zeros_like(lam_hi)
@@ -477,16 +503,16 @@ class LayerParallel(nn.Module):
         comm.wait_sends()
         by_id = {id(p): g for p, g in zip(wanted, found[1:])}
         grads = [g if (g := by_id.get(id(p))) is not None else torch.zeros_like(p) for p in params]
-        bad = torch.tensor([0.0 if bool(torch.isfinite(lam_lo).all()) else 1.0], dtype=torch.float64)
+        bad = torch.tensor([0.0 if finite(lam_lo) else 1.0], dtype=torch.float64)
         if float(comm.sum(bad)) > 0:
-            bad_input = rank == comm.size - 1 and not bool(torch.isfinite(lam_hi).all())
+            bad_input = rank == comm.size - 1 and not finite(lam_hi)
             bank = self._bank([])
             lin = Linearisation()
-            if exact.inputs:
-                lin.steps(bank, list(self.owned_layers), torch.stack([x.detach() for x in exact.inputs]))
+            for k, x in zip(self.owned_layers, exact.inputs):
+                lin.step(bank, k, x)
 
             def serial_pass(fine: FiniteTracker) -> None:
-                problem = AdjointProblem(bank, lin, self.num_layers, self.h, fine)
+                problem = _tracked(AdjointProblem(bank, lin, self.num_layers, self.h), fine)
                 self._solve(problem, lam_hi.detach() if rank == comm.size - 1 else template, adjoint=True)
 
             raise self._diagnose("backward", bad_input, serial_pass)
@@ -500,25 +526,25 @@ class LayerParallel(nn.Module):
         rank = self.comm.rank
         lo, hi = self.layout.ranges[rank]
         bank = self._bank(self._exchange_replicas())
-        tracker = FiniteTracker()
-        problem = ForwardProblem(bank, self.h, tracker, linearise)
+        problem = ForwardProblem(bank, self.h, linearise)
         guess = self._warm_guess("forward", template)
         try:
             states, self.last_stats["forward"] = self._solve(problem, u0, adjoint=False, guess=guess)
         except NonFiniteError:
-            bad_input = rank == 0 and not bool(torch.isfinite(u0).all())
+            bad_input = rank == 0 and not finite(u0)
 
             def serial_pass(fine: FiniteTracker) -> None:
-                self._solve(ForwardProblem(bank, self.h, fine), u0, adjoint=False, serial=True)
+                self._solve(_tracked(ForwardProblem(bank, self.h), fine), u0, adjoint=False, serial=True)
 
-            raise self._diagnose("forward", bad_input, serial_pass, tracker) from None
+            def rerun(tracker: FiniteTracker) -> None:
+                self._solve(_tracked(ForwardProblem(bank, self.h), tracker), u0, adjoint=False, guess=guess)
+
+            raise self._diagnose("forward", bad_input, serial_pass, rerun) from None
         self._remember("forward", template, states)
         if hi <= self.num_layers and linearise:
             # Layer hi - 1 steps into the next rank's first point, so that rank computed it; the
             # adjoint step of layer hi - 1 happens here, at the state x_{hi-1} this rank owns.
-            problem.last_sweep(True)
-            bank.forward(torch.tensor([hi - 1]), states[-1:], problem.linearisation)
-            problem.last_sweep(False)
+            problem.linearisation.step(bank, hi - 1, states[-1])
         return problem, states
 
     def _backward_solve(
@@ -545,33 +571,38 @@ class LayerParallel(nn.Module):
         """Several levels: adjoint MGRIT, whose last sweep also gives the parameter gradients."""
         rank, last = self.comm.rank, self.comm.size - 1
         u0 = lam_last.detach() if lam_last is not None else template
-        tracker = FiniteTracker()
-        problem = AdjointProblem(forward.bank, forward.linearisation, self.num_layers, self.h, tracker)
+        problem = AdjointProblem(forward.bank, forward.linearisation, self.num_layers, self.h)
         guess = self._warm_guess("adjoint", template)
         try:
             lam, self.last_stats["backward"] = self._solve(problem, u0, adjoint=True, guess=guess)
         except NonFiniteError:
-            bad_input = rank == last and not bool(torch.isfinite(u0).all())
+            bad_input = rank == last and not finite(u0)
+
+            def tracked(tracker: FiniteTracker) -> AdjointProblem:
+                return _tracked(AdjointProblem(forward.bank, forward.linearisation, self.num_layers, self.h), tracker)
 
             def serial_pass(fine: FiniteTracker) -> None:
-                exact = AdjointProblem(forward.bank, forward.linearisation, self.num_layers, self.h, fine)
-                self._solve(exact, u0, adjoint=True, serial=True)
+                self._solve(tracked(fine), u0, adjoint=True, serial=True)
 
-            raise self._diagnose("backward", bad_input, serial_pass, tracker) from None
+            def rerun(tracker: FiniteTracker) -> None:
+                self._solve(tracked(tracker), u0, adjoint=True, guess=guess)
+
+            raise self._diagnose("backward", bad_input, serial_pass, rerun) from None
         self._remember("adjoint", template, lam)
         grads = [g for k in self.owned_layers for g in problem.grads[k]]
         return (lam[-1] if rank == 0 else None), grads
 
     def _diagnose(
         self, phase: str, bad_input: bool, serial_pass: Callable[[FiniteTracker], None],
-        tracker: FiniteTracker | None = None,
+        rerun: Callable[[FiniteTracker], None] | None = None,
     ) -> NonFiniteActivationError:
         """One message, the same on every rank (collective), after a pass went non-finite.
 
         The input first; then the exact pass through the engine (one level, pipelined, every step
         watched) tells whether the network itself turns finite values into NaN/Inf, and at which
-        layer; if it does not, a coarse level of the MGRIT solve (``tracker``) is to blame (its
-        larger steps are unstable), and the first coarse step that went non-finite is named.
+        layer; if it does not, a coarse level of the MGRIT solve is to blame (its larger steps are
+        unstable), and the first coarse step that went non-finite in the solve run again with every
+        step watched (``rerun``) is named.
         """
         flag = torch.tensor([float(bad_input)], dtype=torch.float64)
         if float(self.comm.sum(flag)) > 0:
@@ -588,7 +619,14 @@ class LayerParallel(nn.Module):
         except NonFiniteError:
             failed = 1.0
         fine, _, _ = fine_tracker.first()
-        _, coarse, span = tracker.first() if tracker is not None else (-1, -1, -1)
+        coarse, span = -1, -1
+        if rerun is not None and not failed:
+            tracker = FiniteTracker()
+            try:
+                rerun(tracker)
+            except NonFiniteError:
+                pass
+            _, coarse, span = tracker.first()
         local = torch.tensor([failed, fine, coarse, span], dtype=torch.float64)
         rows = [r.tolist() for r in self.comm.all_gather_sizes(local)]
         fines = [int(r[1]) for r in rows if r[1] >= 0]
@@ -614,6 +652,15 @@ class LayerParallel(nn.Module):
         return NonFiniteActivationError(f"{phase} pass: NaN/Inf appeared, but no single step could be blamed", None, phase)
 
 
+_Watched = TypeVar("_Watched", ForwardProblem, AdjointProblem)
+
+
+def _tracked(problem: _Watched, tracker: FiniteTracker) -> _Watched:
+    """``problem`` with every step watched for NaN/Inf by ``tracker`` (a diagnosis)."""
+    problem.tracker = tracker
+    return problem
+
+
 @dataclass
 class _ExactPass:
     """One level: this rank's block of the serial network, run with autograd (``leaf`` -> ``out``);
@@ -622,6 +669,7 @@ class _ExactPass:
     leaf: torch.Tensor
     out: torch.Tensor
     inputs: list[torch.Tensor]
+    params: list[torch.Tensor]  # the owned layers', in order
 
 
 class _LayerChain(torch.autograd.Function):
@@ -631,7 +679,7 @@ class _LayerChain(torch.autograd.Function):
     def forward(
         ctx: Any, net: LayerParallel, linearise: bool, x0: torch.Tensor, anchor: torch.Tensor, *params: torch.Tensor
     ) -> torch.Tensor:
-        x_last, problem, template = net._forward_solve(x0, linearise)
+        x_last, problem, template = net._forward_solve(x0, linearise, list(params))
         ctx.net, ctx.problem, ctx.template = net, problem, template
         return x_last.clone() if net.comm.rank == 0 else x_last
 
