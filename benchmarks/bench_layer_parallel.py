@@ -108,16 +108,18 @@ def main() -> None:
         print(f"  {spec.label()}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in row.items()))
 
-    warm = {}
+    warm: dict[str, list[tuple[int, int]]] = {}
     if args.steps > 0:
         print(f"\nMGRIT iterations per batch over {args.steps} SGD steps on digits (tolerance 1e-5) ...", flush=True)
-        for flag in (False, True):
-            counts = warm_start_iterations(args.steps, flag)
-            warm["warm" if flag else "cold"] = counts
-            fwd = [c[0] for c in counts]
-            bwd = [c[1] for c in counts]
-            print(f"  warm_start={flag}: forward mean {statistics.mean(fwd):.2f} (max {max(fwd)}), backward mean "
-                  f"{statistics.mean(bwd):.2f} (max {max(bwd)}); per batch fwd {fwd}")
+        for same in (False, True):
+            for flag in (False, True):
+                key = f"{'same batch' if same else 'shuffled batches'}, warm_start={flag}"
+                counts = warm_start_iterations(args.steps, flag, same_batch=same)
+                warm[key] = counts
+                fwd = [c[0] for c in counts]
+                bwd = [c[1] for c in counts]
+                print(f"  {key}: forward mean {statistics.mean(fwd):.2f} (max {max(fwd)}), backward mean "
+                      f"{statistics.mean(bwd):.2f} (max {max(bwd)}); per batch fwd {fwd} bwd {bwd}", flush=True)
 
     load_after = os.getloadavg()
     record = {

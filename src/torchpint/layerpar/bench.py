@@ -137,9 +137,12 @@ def time_many(specs: list[BenchSpec]) -> list[dict[str, Any]]:
     return [time_worker(spec) for spec in specs]
 
 
-def warm_start_iterations(steps: int, warm_start: bool, tol: float = 1e-5, seed: int = 0) -> list[tuple[int, int]]:
+def warm_start_iterations(
+    steps: int, warm_start: bool, *, same_batch: bool = False, tol: float = 1e-5, seed: int = 0
+) -> list[tuple[int, int]]:
     """(forward, backward) MGRIT iterations of every batch of ``steps`` SGD steps on the digits with
-    the benchmark's step layers (64 layers, width 128, 3 levels, cf 4, float32), warm-started or not."""
+    the benchmark's step layers (64 layers, width 128, 3 levels, cf 4, float32), warm-started or
+    not; shuffled batches of 128, or (``same_batch``) one batch of 128 every step."""
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
@@ -152,11 +155,13 @@ def warm_start_iterations(steps: int, warm_start: bool, tol: float = 1e-5, seed:
     net = build_network(config, data.input_shape, data.num_classes)
     net.warm_start = warm_start
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
+    # drop_last: every batch has the same shape (a smaller last batch would start cold)
     loader = DataLoader(data.train, batch_size=config.batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
+    first = next(iter(loader))
     counts: list[tuple[int, int]] = []
     while len(counts) < steps:
-        for xb, yb in loader:
+        for xb, yb in ([first] * steps if same_batch else loader):
             loss = F.cross_entropy(net(xb.float()), yb)
             optimizer.zero_grad()
             loss.backward()

@@ -9,9 +9,10 @@ The network is ``closing(x_L)`` with ``x_0 = opening(input)`` and ``x_{k+1} = x_
 (``h = T / layers``), i.e. exactly ``to_sequential()``.  The forward pass solves the chain of
 layers with MGRIT (:mod:`torchpint.engine`); the backward pass is the adjoint chain
 ``lambda_k = lambda_{k+1} + h J_{f_k}(x_k)^T lambda_{k+1}`` solved with MGRIT in reversed
-"time", linearised at the forward solution; then every rank computes the parameter gradients
-``h (d f_k / d theta_k)^T lambda_{k+1}`` of its own layers in one batched call.  Converged, both
-are the serial network's values to the tolerance; with one level they are the serial values.
+"time", linearised at the forward solution (the autograd graphs of the forward solve's last
+sweep); its last sweep also gives the parameter gradients ``h (d f_k / d theta_k)^T
+lambda_{k+1}``.  Converged, both are the serial network's values to the tolerance; with one
+level (plain autograd through each rank's block) they are the serial values.
 
 Distribution (``torch.distributed`` initialised, or an explicit ``comm``): every rank builds the
 whole module (same seed, same weights) and calls it with the same arguments, but computes with
