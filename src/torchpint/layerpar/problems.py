@@ -46,6 +46,7 @@ class LayerBank:
         self.layers = layers
         self.template = next(iter(modules.values()))  # the architecture; functional_call swaps its weights
         self.names = [name for name, _ in self.template.named_parameters()]
+        self._trainable: dict[int, list[nn.Parameter]] = {}
         device = next(self.template.parameters()).device
         self.vmap = mode == "vmap" or (mode == "auto" and device.type == "cuda")
 
@@ -78,7 +79,9 @@ class LayerBank:
 
     def trainable(self, k: int) -> list[nn.Parameter]:
         """Layer ``k``'s parameters that want gradients (frozen ones get zeros)."""
-        return [p for p in self.modules[k].parameters() if p.requires_grad]
+        if k not in self._trainable:  # a bank lives for one pass: the flags cannot change meanwhile
+            self._trainable[k] = [p for p in self.modules[k].parameters() if p.requires_grad]
+        return self._trainable[k]
 
     def param_grads(self, k: int, found: list[torch.Tensor | None]) -> list[torch.Tensor]:
         """``found`` (the gradients of :meth:`trainable`, ``None`` where unused) for every parameter, by name."""
