@@ -10,9 +10,10 @@ same run, first and last; torchbraid's figures are those of issue 12 (built from
 timed side by side there; not installed here).  Then: MGRIT iterations per batch over 50 SGD steps
 on the digits with and without warm starts, and where the time goes.
 
-    flock /tmp/torchpint-bench.lock .venv/bin/python benchmarks/bench_layer_parallel.py [--repeat 5 --steps 50]
+    flock /tmp/torchpint-bench.lock .venv/bin/python benchmarks/bench_layer_parallel.py --part timing [--repeat 5]
+    .venv/bin/python benchmarks/bench_layer_parallel.py --part iterations [--steps 50]
 
-Results: benchmarks/results/layer_parallel.json and a markdown table (layer_parallel.md).
+Results: benchmarks/results/layer_parallel.json (+ .md, the table) and layer_parallel_iterations.json.
 """
 
 from __future__ import annotations
@@ -41,49 +42,45 @@ REFERENCE = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5, help="timed passes (median), after one warm-up")
-    parser.add_argument("--steps", type=int, default=50, help="SGD steps of the warm-start comparison (0: skip)")
-    parser.add_argument("--out", default=str(HERE / "results" / "layer_parallel.json"))
-    args = parser.parse_args()
-    if args.repeat < 1 or args.steps < 0:
-        sys.exit("bench_layer_parallel.py: --repeat must be >= 1 and --steps >= 0")
-    torch.set_num_threads(1)
+def timing(repeat: int, out: Path) -> None:
     load_before = os.getloadavg()
-    base = BenchSpec(repeat=args.repeat)
+    base = BenchSpec(repeat=repeat)
     specs = [replace(base, levels=1), base, replace(base, max_iter=30, tol=1e-5)]
     serial_spec = replace(base, mode="serial")
     print(f"64-layer tanh ResNet, width 128, batch 128, float32, one thread per process; load average "
           f"{load_before[0]:.2f} on {os.cpu_count()} cores", flush=True)
 
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, list[list[dict]]] = {}  # configuration -> one list of specs' results per rank
     serial_first = time_worker(serial_spec)
     print("1 process ...", flush=True)
-    runs["P=1"] = time_many(specs)
+    runs["P=1"] = [time_many(specs)]
     print("2 processes (2 layer ranks) ...", flush=True)
-    runs["P=2"] = run_workers(time_many, 2, (specs,), timeout_s=1200)[0]
+    runs["P=2"] = run_workers(time_many, 2, (specs,), timeout_s=1200)
     data_specs = [replace(s, data_parallel=2) for s in specs]
     print("2 processes (1 layer rank x 2 data groups) ...", flush=True)
-    runs["P=1x2"] = run_workers(time_many, 2, (data_specs,), timeout_s=1200)[0]
+    runs["P=1x2"] = run_workers(time_many, 2, (data_specs,), timeout_s=1200)
     if (os.cpu_count() or 1) >= 4:
         print("4 processes (2 layer ranks x 2 data groups) ...", flush=True)
-        runs["P=2x2"] = run_workers(time_many, 4, (data_specs,), timeout_s=1200)[0]
+        runs["P=2x2"] = run_workers(time_many, 4, (data_specs,), timeout_s=1200)
     serial_last = time_worker(serial_spec)
     t_serial = statistics.mean([serial_first["total_seconds"], serial_last["total_seconds"]])
+    cpu_serial = statistics.mean([serial_first["cpu_seconds"], serial_last["cpu_seconds"]])
 
     lines = [
         f"Serial autograd in this run: {serial_first['total_seconds'] * 1e3:.1f} ms before, "
-        f"{serial_last['total_seconds'] * 1e3:.1f} ms after (ratios below use the mean, {t_serial * 1e3:.1f} ms).",
+        f"{serial_last['total_seconds'] * 1e3:.1f} ms after; CPU {serial_first['cpu_seconds'] * 1e3:.1f} / "
+        f"{serial_last['cpu_seconds'] * 1e3:.1f} ms (ratios use the means, {t_serial * 1e3:.1f} ms and "
+        f"{cpu_serial * 1e3:.1f} ms).",
         "",
-        "| configuration | processes | torchpint ms | x serial | iterations fwd/bwd | max abs. output error vs serial "
-        "| torchbraid (issue 12, 1 process) ms | x serial |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| configuration | processes | torchpint ms | x serial | CPU ms, busiest rank | x serial CPU | iterations fwd/bwd "
+        "| max abs. output error vs serial | torchbraid (issue 12, 1 process) ms | x serial |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, spec in enumerate(specs):
         ref = REFERENCE.get(spec.label(), {})
-        for key, rows in runs.items():
-            r = rows[i]
+        for key, ranks in runs.items():
+            r = ranks[0][i]
+            cpu = max(rank[i]["cpu_seconds"] for rank in ranks)
             its = "1/1" if spec.levels == 1 else f"{r['forward']['iterations']}/{r['backward']['iterations']}"
             if "torchbraid_ms" in ref:
                 theirs = f"{ref['torchbraid_ms']:.1f} | {ref['torchbraid_ms'] / ref['serial_ms']:.1f}"
@@ -92,14 +89,14 @@ def main() -> None:
             else:
                 theirs = "- | -"
             lines.append(f"| {spec.label()} | {key} | {r['total_seconds'] * 1e3:.1f} | {r['total_seconds'] / t_serial:.2f} "
-                         f"| {its} | {r['max_abs_error']:.2g} | {theirs} |")
+                         f"| {cpu * 1e3:.1f} | {cpu / cpu_serial:.2f} | {its} | {r['max_abs_error']:.2g} | {theirs} |")
     table = "\n".join(lines)
     print("\n" + table, flush=True)
 
     phases = {}
     print("\nwhere the time goes (1 process, last pass, ms):")
-    for spec, r in zip(specs, runs["P=1"]):
-        row = {"forward_ms": r["forward_seconds"] * 1e3, "backward_ms": r["backward_seconds"] * 1e3}
+    for spec, r in zip(specs, runs["P=1"][0]):
+        row: dict[str, object] = {"forward_ms": r["forward_seconds"] * 1e3, "backward_ms": r["backward_seconds"] * 1e3}
         for phase in ("forward", "backward"):
             for name, sec in (r[phase].get("phase_seconds") or {}).items():
                 row[f"{phase}.{name}_ms"] = sec * 1e3
@@ -107,35 +104,62 @@ def main() -> None:
         phases[spec.label()] = row
         print(f"  {spec.label()}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in row.items()))
-
-    warm: dict[str, list[tuple[int, int]]] = {}
-    if args.steps > 0:
-        print(f"\nMGRIT iterations per batch over {args.steps} SGD steps on digits (tolerance 1e-5) ...", flush=True)
-        for same in (False, True):
-            for flag in (False, True):
-                key = f"{'same batch' if same else 'shuffled batches'}, warm_start={flag}"
-                counts = warm_start_iterations(args.steps, flag, same_batch=same)
-                warm[key] = counts
-                fwd = [c[0] for c in counts]
-                bwd = [c[1] for c in counts]
-                print(f"  {key}: forward mean {statistics.mean(fwd):.2f} (max {max(fwd)}), backward mean "
-                      f"{statistics.mean(bwd):.2f} (max {max(bwd)}); per batch fwd {fwd} bwd {bwd}", flush=True)
-
     load_after = os.getloadavg()
     record = {
         "network": {"layers": base.layers, "width": base.width, "batch": base.batch, "dtype": base.dtype, "T": base.T,
                     "step": "x + h tanh(W x + b)"},
-        "serial": {"before": serial_first, "after": serial_last, "mean_seconds": t_serial},
-        "runs": runs, "reference_torchbraid": REFERENCE, "phases_1proc": phases, "warm_start_iterations": warm,
-        "table_markdown": table, "load_average": {"before": load_before, "after": load_after},
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": sys.version.split()[0],
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "serial": {"before": serial_first, "after": serial_last, "mean_seconds": t_serial, "mean_cpu_seconds": cpu_serial},
+        "runs": runs, "reference_torchbraid": REFERENCE, "phases_1proc": phases, "table_markdown": table,
+        "load_average": {"before": load_before, "after": load_after}, **_environment(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1, default=str))
+    _write(out, record)
     out.with_suffix(".md").write_text(table + "\n")
     print(f"\nload average before/after: {load_before[0]:.2f}/{load_after[0]:.2f}; results: {out}")
+
+
+def iterations(steps: int, out: Path) -> None:
+    """MGRIT iterations per batch with and without warm starts (counts: no timing, no lock needed)."""
+    print(f"MGRIT iterations per batch over {steps} SGD steps on digits (tolerance 1e-5) ...", flush=True)
+    warm: dict[str, dict[str, object]] = {}
+    for same in (False, True):
+        for flag in (False, True):
+            key = f"{'one batch repeated' if same else 'shuffled batches'}, warm_start={flag}"
+            counts = warm_start_iterations(steps, flag, same_batch=same)
+            fwd = [c[0] for c in counts]
+            bwd = [c[1] for c in counts]
+            warm[key] = {"forward": fwd, "backward": bwd, "forward_mean": statistics.mean(fwd),
+                         "backward_mean": statistics.mean(bwd)}
+            print(f"  {key}: forward mean {statistics.mean(fwd):.2f} (max {max(fwd)}), backward mean "
+                  f"{statistics.mean(bwd):.2f} (max {max(bwd)}); per batch fwd {fwd} bwd {bwd}", flush=True)
+    _write(out, {"steps": steps, "tolerance": 1e-5, "iterations": warm, **_environment()})
+    print(f"results: {out}")
+
+
+def _environment() -> dict[str, object]:
+    return {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": sys.version.split()[0],
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _write(out: Path, record: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("timing", "iterations", "all"), default="all",
+                        help="timing: the table (run it under the benchmark lock); iterations: warm-start counts")
+    parser.add_argument("--repeat", type=int, default=5, help="timed passes (median), after one warm-up")
+    parser.add_argument("--steps", type=int, default=50, help="SGD steps of the warm-start comparison")
+    parser.add_argument("--out", default=str(HERE / "results"), help="folder for layer_parallel{,_iterations}.json")
+    args = parser.parse_args()
+    if args.repeat < 1 or args.steps < 1:
+        sys.exit("bench_layer_parallel.py: --repeat and --steps must be >= 1")
+    torch.set_num_threads(1)
+    if args.part in ("timing", "all"):
+        timing(args.repeat, Path(args.out) / "layer_parallel.json")
+    if args.part in ("iterations", "all"):
+        iterations(args.steps, Path(args.out) / "layer_parallel_iterations.json")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ b_k)`` (no opening or closing layer), 64 layers, width 128, batch 128, float32, 
 with cf 4, FCF relaxation, V-cycles, no nested iteration and a zero initial guess.  One timed
 pass is ``y = net(x); y.backward(g)`` with fixed ``x`` and ``g`` (plus, with data groups, the
 gradient all-reduce); the median of ``repeat`` passes after one warm-up.  Every rank times the
-same passes between barriers, so rank 0's time is the job's.
+same passes between barriers, so rank 0's time is the job's; each rank's CPU time per pass is
+recorded too (its share of the work, less sensitive to other load on the machine).
 
 Next to the time: the largest output difference from the serial network (same weights, same
 input), the iterations, the layer steps per level, and where the time went (the engine's
@@ -99,9 +100,10 @@ def time_worker(spec: BenchSpec) -> dict[str, Any]:
     with torch.no_grad():
         reference = serial_net(x_shard)
     model: nn.Module = serial_net if spec.mode == "serial" else net
-    forward, backward, reduce = [], [], []
+    forward, backward, reduce, cpu = [], [], [], []
     for rep in range(spec.repeat + 1):  # the first pass warms up
         _barrier(spec)
+        cpu_start = time.process_time()
         start = time.perf_counter()
         out = model(x_shard if net.rank == 0 else None)
         middle = time.perf_counter()
@@ -109,9 +111,11 @@ def time_worker(spec: BenchSpec) -> dict[str, Any]:
         after = time.perf_counter()
         if spec.data_parallel > 1:
             net.average_gradients(weight=1.0)  # y . g is a sum over the examples: the shards' gradients add
+        cpu_stop = time.process_time()
         _barrier(spec)
         stop = time.perf_counter()
         if rep > 0:
+            cpu.append(cpu_stop - cpu_start)
             forward.append(middle - start)
             backward.append(after - middle)
             reduce.append(stop - after)
@@ -122,6 +126,8 @@ def time_worker(spec: BenchSpec) -> dict[str, Any]:
         "nproc": net.comm.size * spec.data_parallel,
         "forward_seconds": statistics.median(forward), "backward_seconds": statistics.median(backward),
         "allreduce_seconds": statistics.median(reduce), "total_seconds": statistics.median(total),
+        # this process's CPU time per pass: its share of the work, whatever else loads the machine
+        "cpu_seconds": statistics.median(cpu),
         "max_abs_error": float((out.detach() - reference).abs().max()) if net.rank == 0 else None,
     }
     if spec.mode != "serial":

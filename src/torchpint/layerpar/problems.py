@@ -71,10 +71,10 @@ class LayerBank:
             return u + torch.tensor(scale, dtype=u.dtype, device=u.device).view(-1, *([1] * (u.dim() - 1))) * f
         out = torch.empty_like(u)
         with torch.no_grad():
-            for i, k in enumerate(ids):
-                f = record.step(self, k, u[i]) if record is not None else self.modules[k](u[i])
-                check_step_shape(u[i], f)
-                torch.add(u[i], f, alpha=scale[i], out=out[i])  # one pass, straight into the result
+            for k, x, s, y in zip(ids, u.unbind(0), scale, out.unbind(0)):  # unbind: one call for all views
+                f = record.step(self, k, x) if record is not None else self.modules[k](x)
+                check_step_shape(x, f)
+                torch.add(x, f, alpha=s, out=y)  # one pass, straight into the result
         return out
 
     def trainable(self, k: int) -> list[nn.Parameter]:
@@ -115,7 +115,7 @@ class Linearisation:
         return f.detach()
 
     def vjp(
-        self, bank: LayerBank, ids: list[int], v: torch.Tensor, *, inputs: bool = True, params: bool = False
+        self, bank: LayerBank, ids: list[int], v: list[torch.Tensor], *, inputs: bool = True, params: bool = False
     ) -> tuple[list[torch.Tensor] | None, list[list[torch.Tensor]] | None]:
         """``J_{f_k}(x_k)^T v_k`` for every ``k`` of ``ids`` (``inputs``), and the parameter
         vector-Jacobian products ``(d f_k / d theta_k)^T v_k`` (``params``; per layer, by name),
@@ -126,7 +126,7 @@ class Linearisation:
         leaves = [self.inputs[k] for k in ids] if inputs else []
         wanted = [p for k in ids for p in bank.trainable(k)] if params else []
         found = torch.autograd.grad(
-            [self.outputs[k] for k in ids], leaves + wanted, list(v), retain_graph=True, allow_unused=True
+            [self.outputs[k] for k in ids], leaves + wanted, v, retain_graph=True, allow_unused=True
         )
         jt = None
         if inputs:
@@ -241,21 +241,30 @@ class AdjointProblem(BatchedProblem):
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
         s0, span = _steps(self.h, t_start, t_stop)
         ids = [self.layers - s - n for s, n in zip(s0, span)]  # the forward step from point k to k + span
-        jt, grads = self.linearisation.vjp(self.bank, ids, u, params=self.collect)
-        assert jt is not None
         out = torch.empty_like(u)
-        for i, (g, n) in enumerate(zip(jt, span)):
-            torch.add(u[i], g, alpha=n * self.h, out=out[i])
-        if grads is not None:
-            for k, g in zip(ids, grads):
-                self.grads[k] = [self.h * x for x in g]
+        states, results = u.unbind(0), out.unbind(0)
+        # The adjoint is linear: a zero state steps to zero (and gives zero parameter gradients).
+        # From a cold start most states of the first iteration are exactly zero; one reduction
+        # finds them, much cheaper than the steps it saves (on CPU: it needs the flags on the host).
+        if u.device.type == "cpu":
+            live = u.flatten(1).ne(0).any(1).tolist()
+        else:
+            live = [True] * len(ids)
+        work = [i for i, flag in enumerate(live) if flag]
+        for i, flag in enumerate(live):
+            if not flag:
+                results[i].zero_()
+                if self.collect:
+                    self.grads[ids[i]] = self.bank.param_grads(ids[i], [None] * len(self.bank.trainable(ids[i])))
+        if work:
+            layers = [ids[i] for i in work]
+            jt, grads = self.linearisation.vjp(self.bank, layers, [states[i] for i in work], params=self.collect)
+            assert jt is not None
+            for i, g in zip(work, jt):
+                torch.add(states[i], g, alpha=span[i] * self.h, out=results[i])
+            if grads is not None:
+                for k, g in zip(layers, grads):
+                    self.grads[k] = [self.h * x for x in g]
         if self.tracker is not None:
             self.tracker.record(ids, span, u, out)
         return out
-
-    def parameter_gradients(self, ids: list[int], lam_next: torch.Tensor) -> None:
-        """The parameter gradients of layers ``ids`` from their ``lambda_{k+1}`` (one backward pass)."""
-        _, grads = self.linearisation.vjp(self.bank, ids, lam_next, inputs=False, params=True)
-        assert grads is not None
-        for k, g in zip(ids, grads):
-            self.grads[k] = [self.h * x for x in g]
