@@ -218,17 +218,24 @@ class LayerParallel(nn.Module):
         weight is applied).
         """
         share = 1.0 / self.data_comm.size if weight is None else float(weight)
-        params = [p for p in self.local_parameters() if p.grad is not None]
-        parts = [p.grad * share for p in params] + ([extra.detach()] if extra is not None else [])
-        if not parts:
+        grads = [p.grad for p in self.local_parameters() if p.grad is not None]
+        if self.data_comm.size == 1:
+            for g in grads:
+                g.mul_(share)
+            return extra
+        if not grads and extra is None:
             return None
+        count = sum(g.numel() for g in grads)
         # Summed in float64; every copy receives the same bits, so the copies stay identical.
-        wide = [t.to(torch.float64) for t in parts]
-        total = self.data_comm.sum(flatten(wide)) if self.data_comm.size > 1 else flatten(wide)
-        values = unflatten(total, wide)
-        for p, value in zip(params, values):
-            p.grad.copy_(value)
-        return values[-1].to(extra.dtype) if extra is not None else None
+        flat = torch.cat([g.reshape(-1) for g in grads] + ([extra.detach().reshape(-1)] if extra is not None else []))
+        flat = flat.to(torch.float64)
+        flat[:count].mul_(share)
+        total = self.data_comm.sum(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(total[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return total[count:].view_as(extra).to(extra.dtype) if extra is not None else None
 
     def _check_architecture(self) -> None:
         first = [(n, tuple(p.shape), p.dtype) for n, p in self.layers[0].named_parameters()]
@@ -335,10 +342,11 @@ class LayerParallel(nn.Module):
         self, problem: ForwardProblem | AdjointProblem, u0: torch.Tensor, adjoint: bool, *, serial: bool = False,
         guess: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The forward or adjoint chain on this rank's block: MGRIT, or (``serial`` or one level) the
-        exact pass, pipelined over the ranks; ending with the problem's last sweep (see
-        :func:`_last_sweep`).  ``guess``: this rank's block of a previous solution (warm start).
-        Returns the states and the statistics."""
+        """The forward or adjoint chain on this rank's block: MGRIT ending with the problem's last
+        sweep (:func:`_last_sweep`), or (``serial`` or one level) the exact pass through the engine,
+        pipelined over the ranks, as a whole last sweep (what a diagnosis re-runs with every step
+        watched).  ``guess``: this rank's block of a previous solution (warm start).  Returns the
+        states and the statistics."""
         comm = ReversedComm(self.comm) if adjoint else self.comm
         partition = self.layout.adjoint_partition() if adjoint else list(self.layout.ranges)
         grid = time_grid(0.0, self.T, self.num_layers + 1)
