@@ -53,8 +53,8 @@ def run(dataset: str, subnets: int, seed: int, epochs: int | None, workdir: Path
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     result = train_local(cfg, folder, f"{dataset} N={subnets}", original=subnets == 0, resume=False)
-    return {"test_acc": result["test_acc"], "seconds": time.perf_counter() - start, "params": result["params"],
-            "history": [h["test_acc"] for h in result["history"]]}
+    return {"test_acc": result["test_accuracy"], "seconds": time.perf_counter() - start, "params": result["params"],
+            "history": [h["test_accuracy"] for h in result["history"]]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,27 @@
-"""Engine speed: torchpint's MGRIT against PyMGRIT on the same problem, in one run.
+"""Engine speed, measured as ratios in one run: the working tree against a git revision.
 
-Heat1D (PyMGRIT's discretisation) with nx = 2049, nt = 1025, 5 levels, cf = 4, FCF, V-cycle,
-no nested iteration, tol = 1e-9.  Both serial on one core (one thread), then torchpint
-with only C-points kept on the intermediate levels (``coarse_storage="c"``), then time-parallel
-on 2 processes.  The residual histories must agree; the ratios and the states each run holds
-are printed.
+Heat1D (PyMGRIT's discretisation, backward Euler, the CLI's right-hand side), FCF V-cycles, no
+nested iteration, tol 1e-9, one thread per process; the cases of issue 14 (XBraid's figures are
+the reference, docs/engine.md):
 
-    .venv/bin/python benchmarks/bench_engine.py [--pymgrit-python /work/pymgrit-venv/bin/python]
+    1    nx 2049, nt 1025, 5 levels, cf 4, 1 process
+    2    nx 257,  nt 4097, 4 levels, cf 4, 1 process
+    1p2  case 1 on 2 processes (gloo)
 
-PyMGRIT needs its own virtual environment (numpy<2.3, mpich, mpi4py, pymgrit==1.0.6; see
-benchmarks/pymgrit_reference.py); without it the script says so and times torchpint alone.
+    .venv/bin/python benchmarks/bench_engine.py --baseline 2880a57 [--rounds 8] [--cases 1,2,1p2]
+    .venv/bin/python benchmarks/bench_engine.py --latency      # one gloo message, 2 processes
+    .venv/bin/python benchmarks/bench_engine.py --kernel       # Heat1D's batched step, per state
+
+``--baseline REV`` extracts ``git archive REV`` into a temporary folder and runs its ``src``
+with this same interpreter, side by side with the working tree's ``src``: every round starts
+one fresh process per tree (alternating which goes first), each runs every case once to warm
+up (numba's compile cache, first-touch memory) and once timed; the table gives medians over
+the rounds and the ratio baseline / working tree.  It also checks that both trees give the
+same residual history and steps per level, and reports the cost of one step (seconds in the
+``step`` phase per state stepped), the bookkeeping per iteration (solve time outside the
+steps), the messages each rank sends per iteration, and the process CPU time of ``solve()``
+(rank 0's), which unlike wall time is not stretched when other work shares the cores.  ``--pymgrit-python`` adds PyMGRIT
+1.0.6 on case 1 when its virtual environment exists (benchmarks/pymgrit_reference.py).
 """
 
 from __future__ import annotations
@@ -18,93 +30,316 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
-
-import torch
-
-from torchpint.cli.plots import plot_residuals
-from torchpint.cli.solve import SolveConfig, solve_worker
-from torchpint.dist import run_workers
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CONFIG = SolveConfig(problem="heat1d", nx=2049, nt=1025, levels=5, cf=[4], relax="FCF", cycle="V",
-                     nested=False, tol=1e-9, max_iter=100, verbose=False)
+ROOT = HERE.parent
+RECORD = "@@RECORD@@"
+CASES: dict[str, dict[str, Any]] = {
+    "1": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 1},
+    "2": {"nx": 257, "nt": 4097, "levels": 4, "nproc": 1},
+    "1p2": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2},
+}
+
+
+# ---------------------------------------------------------------------------- in a worker process
+class CountingComm:
+    """Counts the point-to-point messages and all-reduces of the Comm it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.rank, self.size = inner.rank, inner.size
+        self.messages = 0
+        self.reductions = 0
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        self.messages += 1
+        return self.inner.send(*args, **kwargs)
+
+    def sum(self, *args: Any, **kwargs: Any) -> Any:
+        self.reductions += 1
+        return self.inner.sum(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # everything else as the wrapped Comm
+        return getattr(self.inner, name)
+
+
+def timed_solve(case: dict[str, Any]) -> dict[str, Any]:
+    """Warm-up solve, then the timed one; uses only APIs that every benchmarked revision has."""
+    import torch
+
+    from torchpint.cli.solve import SolveConfig, build_solver
+
+    torch.set_num_threads(1)
+    config = SolveConfig(problem="heat1d", nx=case["nx"], nt=case["nt"], levels=case["levels"], cf=[4],
+                         relax="FCF", cycle="V", nested=False, tol=1e-9, max_iter=100, verbose=False)
+    build_solver(config).solve()  # warm-up
+    solver = build_solver(config)
+    solver.comm = counting = CountingComm(solver.comm)
+    cpu = time.process_time()
+    result = solver.solve()
+    cpu = time.process_time() - cpu  # set-up and output included; unlike wall time, not inflated by other load
+    return {
+        "seconds": result.solve_seconds, "cpu_seconds": cpu, "iterations": result.iterations, "residuals": result.residuals,
+        "phase_seconds": result.phase_seconds, "steps_per_level": result.steps_per_level,
+        "messages": counting.messages, "reductions": counting.reductions,
+    }
+
+
+def _run_workers(fn: Any, nproc: int, args: tuple) -> list[Any]:
+    try:  # the launcher's module is torchpint.run from the revision that renamed it
+        from torchpint.run import run_workers
+    except ImportError:
+        from torchpint.dist import run_workers
+    return run_workers(fn, nproc, args, timeout_s=600)
+
+
+def worker(names: list[str]) -> None:
+    import torchpint
+
+    out: dict[str, Any] = {"torchpint": str(Path(torchpint.__file__).resolve())}
+    for name in names:
+        case = CASES[name]
+        out[name] = timed_solve(case) if case["nproc"] == 1 else _run_workers(timed_solve, case["nproc"], (case,))[0]
+    print(RECORD + json.dumps(out), flush=True)
+
+
+def ping_pong(rounds: int, numel: int) -> float:
+    """Median one-way time of a message of ``numel`` float64 through the engine's DistComm."""
+    import torch
+
+    from torchpint.engine.comm import DistComm
+
+    comm = DistComm()
+    state = torch.zeros(numel, dtype=torch.float64)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        if comm.rank == 0:
+            comm.send(state, 1)
+            comm.recv(state, 1)
+        else:
+            comm.recv(state, 0)
+            comm.send(state, 0)
+        comm.wait_sends()
+        times.append((time.perf_counter() - start) / 2)
+    return statistics.median(times)
+
+
+def torch_rows_solve(d: Any, e: Any, b: Any) -> Any:
+    """The LDL^T sweeps in torch ops, one op per row across the batch (the batch contiguous)."""
+    import torch
+
+    x = b.T.contiguous()
+    d, e = torch.from_numpy(d), torch.from_numpy(e)
+    for i in range(1, x.shape[0]):
+        x[i].sub_(x[i - 1] * e[i - 1])
+    x[-1].div_(d[-1])
+    for i in range(x.shape[0] - 2, -1, -1):
+        x[i].div_(d[i]).sub_(x[i + 1] * e[i])
+    return x.T.contiguous()
+
+
+def time_kernels(rounds: int) -> dict[str, float]:
+    """Seconds per state of Heat1D's batched step: the row kernel, LAPACK pttrs, torch row ops."""
+    import torch
+
+    from torchpint.problems import Heat1D, default_rhs
+
+    torch.set_num_threads(1)
+    out: dict[str, float] = {}
+    for nx, batch in ((2049, 256), (257, 1024)):
+        rows, lapack = (Heat1D(0.0, 2.0, nx, rhs=default_rhs(), solver=s) for s in ("rows", "lapack"))
+        u = torch.randn(2 * batch, nx - 2, dtype=torch.float64)[::2]  # strided, as the engine passes
+        t0 = torch.linspace(0.0, 1.0, batch, dtype=torch.float64)
+        t1 = t0 + 2.0 / 1024
+        d, e = lapack._factor(2.0 / 1024)
+        b = u + lapack._source(t1) * (t1 - t0).unsqueeze(1)
+        variants = {"rows": partial(rows.step_batch, u, t0, t1), "lapack": partial(lapack.step_batch, u, t0, t1),
+                    "torch_rows": partial(torch_rows_solve, d, e, b)}
+        if not torch.equal(variants["rows"](), variants["lapack"]()):
+            raise SystemExit("the row kernel and pttrs disagree")
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for k in range(rounds):  # interleaved; the slow torch-ops variant only in the first rounds
+            for name, fn in variants.items():
+                if name == "torch_rows" and k >= 2:
+                    continue
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) / batch)
+        for name, values in times.items():
+            out[f"nx{nx}_{name}_us"] = 1e6 * statistics.median(values)
+        print(f"nx {nx}, batch {batch}: us per state: " + ", ".join(
+            f"{name} {out[f'nx{nx}_{name}_us']:.2f}" for name in variants) + " (rows and lapack: bitwise equal)")
+    return out
+
+
+# ---------------------------------------------------------------------------- the driver
+def run_tree(src: Path, names: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", ",".join(names)],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RECORD):
+            record = json.loads(line[len(RECORD):])
+            if not record["torchpint"].startswith(str(src.resolve())):
+                raise SystemExit(f"the worker imported {record['torchpint']}, not the tree under {src}")
+            return record
+    raise SystemExit(f"benchmark worker for {src} failed:\n{proc.stderr[-3000:]}")
+
+
+def export(rev: str, into: Path) -> Path:
+    """``git archive rev`` extracted into ``into``; returns its ``src``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {rev} failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "src"
+
+
+def per_run(run: dict[str, Any]) -> dict[str, float]:
+    steps = sum(run["steps_per_level"])
+    step_seconds = run["phase_seconds"].get("step", 0.0)
+    return {
+        "seconds": run["seconds"],
+        "cpu_seconds": run["cpu_seconds"],
+        "step_us": 1e6 * step_seconds / steps,
+        "bookkeeping_ms_per_iter": 1e3 * (run["seconds"] - step_seconds) / run["iterations"],
+        "messages_per_iter": run["messages"] / run["iterations"],
+    }
+
+
+def compare(rounds_by_tree: dict[str, list[dict[str, Any]]], names: list[str]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    trees = list(rounds_by_tree)
+    for name in names:
+        row: dict[str, Any] = {}
+        for tree in trees:
+            runs = [r[name] for r in rounds_by_tree[tree]]
+            metrics = [per_run(r) for r in runs]
+            row[tree] = {k: statistics.median(m[k] for m in metrics) for k in metrics[0]}
+            row[tree]["iterations"] = runs[0]["iterations"]
+            row[tree]["steps_per_level"] = runs[0]["steps_per_level"]
+            row[tree]["residuals"] = runs[0]["residuals"]
+        if len(trees) == 2:
+            base, work = (row[t] for t in trees)
+            row["ratio"] = base["seconds"] / work["seconds"]
+            row["cpu_ratio"] = base["cpu_seconds"] / work["cpu_seconds"]
+            row["same_steps"] = base["steps_per_level"] == work["steps_per_level"]
+            row["history_max_rel_diff"] = (
+                max(abs(a - b) / b for a, b in zip(base["residuals"], work["residuals"]))
+                if len(base["residuals"]) == len(work["residuals"]) else float("inf"))
+        table[name] = row
+    return table
+
+
+def print_table(table: dict[str, Any], trees: list[str]) -> None:
+    head = (f"{'case':5s} {'tree':24s} {'solve s':>8s} {'cpu s':>7s} {'iters':>5s} {'step us':>8s}"
+            f" {'bookkeeping ms/iter':>20s} {'msgs/iter':>9s}")
+    print(head)
+    for name, row in table.items():
+        for tree in trees:
+            r = row[tree]
+            print(f"{name:5s} {tree:24s} {r['seconds']:8.3f} {r['cpu_seconds']:7.3f} {r['iterations']:5d} {r['step_us']:8.2f}"
+                  f" {r['bookkeeping_ms_per_iter']:20.2f} {r['messages_per_iter']:9.1f}")
+        if "ratio" in row:
+            print(f"{name:5s} {'ratio (baseline/work)':24s} {row['ratio']:8.2f}x {row['cpu_ratio']:6.2f}x"
+                  f"   same steps per level: {row['same_steps']},"
+                  f" history max rel. diff {row['history_max_rel_diff']:.1e}")
 
 
 def time_pymgrit(python: str) -> dict | None:
-    """PyMGRIT's own solve time for the same configuration ('k' of pymgrit_reference.py)."""
+    """PyMGRIT's own solve time for case 1 ('k' of pymgrit_reference.py), or None without its venv."""
     if not Path(python).exists():
-        print(f"PyMGRIT interpreter {python} not found: skipping the peer (see pymgrit_reference.py)")
+        print(f"PyMGRIT interpreter {python} not found: skipping it (see benchmarks/pymgrit_reference.py)")
         return None
     mpiexec = shutil.which("mpiexec", path=str(Path(python).parent)) or "mpiexec"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [mpiexec, "-n", "1", python, str(HERE / "pymgrit_reference.py"), "--worker", "k"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     for line in proc.stdout.splitlines():
-        if line.startswith("@@RECORD@@"):
-            return json.loads(line[len("@@RECORD@@"):])
+        if line.startswith(RECORD):
+            return json.loads(line[len(RECORD):])
     print("PyMGRIT failed:", proc.stderr[-2000:])
     return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", metavar="REV", help="git revision to run side by side with the working tree")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--cases", default="1,2,1p2", help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--latency", action="store_true", help="measure one gloo message between 2 processes")
+    parser.add_argument("--kernel", action="store_true", help="time Heat1D's batched step alone, per state")
     parser.add_argument("--pymgrit-python", default="/work/pymgrit-venv/bin/python")
-    parser.add_argument("--repeat", type=int, default=3, help="torchpint runs (best is reported)")
     parser.add_argument("--out", default=str(HERE / "results" / "engine.json"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    print("torchpint, 1 process, 1 thread ...", flush=True)
-    serial = min((solve_worker(CONFIG) for _ in range(args.repeat)), key=lambda s: s["seconds"])
-    print("torchpint, 1 process, C-points only on the intermediate levels ...", flush=True)
-    lean_config = replace(CONFIG, coarse_storage="c")
-    lean = min((solve_worker(lean_config) for _ in range(args.repeat)), key=lambda s: s["seconds"])
-    print("torchpint, 2 processes (gloo), 1 thread each ...", flush=True)
-    parallel = min(
-        (run_workers(solve_worker, 2, (CONFIG,))[0] for _ in range(args.repeat)), key=lambda s: s["seconds"]
-    )
-    print("PyMGRIT 1.0.6, 1 MPI process, 1 thread ...", flush=True)
-    peer = time_pymgrit(args.pymgrit_python)
-
-    def held(run: dict) -> str:
-        return str(sum(run["states_per_level"]))
-
-    rows = [("torchpint, 1 process", serial["seconds"], serial["iterations"], serial["residuals"], held(serial))]
-    rows.append(("torchpint, 1 proc, C-only", lean["seconds"], lean["iterations"], lean["residuals"], held(lean)))
-    rows.append(("torchpint, 2 processes", parallel["seconds"], parallel["iterations"], parallel["residuals"],
-                 f"{held(parallel)} on rank 0"))
-    if peer:
-        rows.append(("PyMGRIT 1.0.6, 1 process", peer["seconds"], peer["iterations"], peer["residuals"], "-"))
-    reference = serial["residuals"]
-    print(f"\nHeat1D nx={CONFIG.nx}, nt={CONFIG.nt}, {CONFIG.levels} levels, cf=4, FCF, V-cycle, no nested, tol=1e-9")
-    print(f"{'run':28s} {'solve s':>9s} {'iters':>6s} {'max rel. diff of history':>26s} {'speedup vs PyMGRIT':>20s}"
-          f" {'states held':>16s}")
-    for name, seconds, iterations, residuals, states in rows:
-        diff = max(abs(a - b) / b for a, b in zip(residuals, reference)) if len(residuals) == len(reference) else float("nan")
-        ratio = f"{peer['seconds'] / seconds:.1f}x" if peer else "-"
-        print(f"{name:28s} {seconds:9.3f} {iterations:6d} {diff:26.2e} {ratio:>20s} {states:>16s}")
-    print(f"\ntorchpint 2 processes vs 1 process: {serial['seconds'] / parallel['seconds']:.2f}x")
-    phases = ", ".join(f"{k} {v:.3f}" for k, v in sorted(serial["phase_seconds"].items()))
-    print(f"torchpint serial phases (s): {phases}")
-
+    if args.worker:
+        worker(args.worker.split(","))
+        return
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    names = args.cases.split(",")
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}: use {', '.join(CASES)}")
+    record: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                              "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
+    if args.latency:
+        sys.path.insert(0, str(ROOT / "src"))
+        for numel in (1, 2047):
+            seconds = _run_workers(ping_pong, 2, (2000, numel))[0]
+            record[f"latency_us_{numel}"] = 1e6 * seconds
+            print(f"one message of {numel} float64 over gloo (DistComm send/recv, median of 2000): {1e6 * seconds:.1f} us")
+    if args.kernel:
+        sys.path.insert(0, str(ROOT / "src"))
+        record["kernel"] = time_kernels(max(args.rounds, 3) * 4)
+        record["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"load average before {' '.join(record['loadavg_before'])}, after {' '.join(record['loadavg_after'])}")
+        out = Path(args.out).with_name(Path(args.out).stem + "_kernel.json")
+        out.write_text(json.dumps(record, indent=1))
+        print(f"results: {out}")
+        return
+    with tempfile.TemporaryDirectory(prefix="torchpint-baseline-") as tmp:
+        trees = {"working tree": ROOT / "src"}
+        if args.baseline:
+            sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
+                                 capture_output=True, text=True)
+            if sha.returncode != 0:
+                raise SystemExit(f"unknown git revision {args.baseline!r}")
+            trees = {f"baseline {sha.stdout.strip()}": export(args.baseline, Path(tmp)), **trees}
+        rounds: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
+        order = list(trees)
+        for k in range(args.rounds):
+            for tree in order if k % 2 == 0 else reversed(order):
+                rounds[tree].append(run_tree(trees[tree], names))
+            print(f"round {k + 1}/{args.rounds} done", flush=True)
+    table = compare(rounds, names)
+    print(f"\nHeat1D, FCF V-cycles, cf 4, no nested, tol 1e-9; medians of {args.rounds} interleaved rounds")
+    print_table(table, list(trees))
+    record["cases"] = {n: CASES[n] for n in names}
+    record["table"] = table
+    record["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average before {' '.join(record['loadavg_before'])}, after {' '.join(record['loadavg_after'])}")
+    if "1" in names:
+        peer = time_pymgrit(args.pymgrit_python)
+        if peer:
+            work = table["1"]["working tree"]["seconds"]
+            print(f"PyMGRIT 1.0.6, case 1: {peer['seconds']:.3f} s, {peer['seconds'] / work:.1f}x the working tree's time")
+            record["pymgrit"] = peer
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "config": asdict(CONFIG), "torchpint_serial": serial, "torchpint_serial_c_only": lean,
-        "torchpint_2proc": parallel, "pymgrit": peer,
-        "speedup_vs_pymgrit": peer["seconds"] / serial["seconds"] if peer else None,
-        "parallel_speedup_2proc": serial["seconds"] / parallel["seconds"],
-        "torch": torch.__version__, "python": sys.version.split()[0], "when": time.strftime("%Y-%m-%d %H:%M"),
-    }
     out.write_text(json.dumps(record, indent=1))
-    histories = {name: residuals for name, _, _, residuals, _ in rows}
-    plot_residuals(histories, str(out.with_suffix(".png")), title="Heat1D, 5 levels, cf=4, FCF, V")
-    print(f"results: {out} and {out.with_suffix('.png')}")
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

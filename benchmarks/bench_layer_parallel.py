@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from torchpint.dist import run_workers
 from torchpint.layerpar.bench import BenchSpec, time_many, time_worker, warm_start_iterations
+from torchpint.run.launch import run_workers
 
 HERE = Path(__file__).resolve().parent
 

@@ -55,7 +55,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.models import build_model
 from torchpint.paranet import ParaNet
 

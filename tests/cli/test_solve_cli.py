@@ -38,15 +38,20 @@ def test_json_is_the_last_line_and_plot_is_written(tmp_path: Path, capsys) -> No
         (["heat1d", "--cf", "1"], "cf must be >= 2"),
         (["heat1d", "--levels", "12"], "more levels than the grid allows"),
         (["heat1d", "--tol", "-1"], "tol must be"),
-        (["heat1d", "--nx", "2"], "nx must be >= 3"),
+        (["heat1d", "--nx", "2"], "--nx must be >= 4"),
         (["dahlquist", "--nproc", "0"], "nproc must be >= 1"),
         (["dahlquist", "--cf", "two"], "--cf must be an integer"),
+        (["heat1d", "--cf", "4,0", "--levels", "2"], "--cf must be one factor or one per coarsening (--levels 2: 1), got 2"),
+        (["heat1d", "--cf", "4,0", "--levels", "3"], "--cf must be >= 2, got 0"),
+        (["heat1d", "--nx", "3"], "--nx must be >= 4 (heat1d needs at least 2 interior points), got 3"),
+        (["heat1d", "--max-iter", "0"], "--max-iter must be >= 1, got 0"),
+        (["dahlquist", "--nproc", "200"], "--nproc 200 cannot be used: more processes than the 101 time points"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(capsys, args: list[str], message: str) -> None:
     assert main(["solve", *args]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
 
 
 def test_nan_is_reported_with_its_iteration(capsys) -> None:
@@ -83,4 +88,4 @@ def test_torchrun_launch() -> None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     summary = json.loads(lines[0])
-    assert summary["converged"] and summary["nproc"] == 2
+    assert summary["converged"] and summary["world_size"] == 2 and summary["version"]

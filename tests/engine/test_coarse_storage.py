@@ -43,7 +43,7 @@ def test_rank_boundaries_inside_intervals() -> None:
     """3 processes, blocks that cut coarse intervals (and a rank with no coarse C-point)."""
     config = SolveConfig(problem="heat1d", nt=97, nx=17, levels=4, cf=[2, 4, 2], relax="FCF", cycle="V", tol=1e-12,
                          max_iter=15, partition=[(0, 13), (13, 22), (22, 97)], verbose=False, return_solution=True)
-    from torchpint.dist import run_workers
+    from torchpint.run.launch import run_workers
 
     (reference,) = solve_many([dataclasses.replace(config, partition=None)])
     lean = dataclasses.replace(config, coarse_storage="c")

@@ -2,7 +2,7 @@
 
 import torch
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.engine.comm import DistComm, ReversedComm, SerialComm
 
 

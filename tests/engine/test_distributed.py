@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from torchpint.cli.solve import SolveConfig, solve_many
-from torchpint.dist import WorkerError, run_workers
+from torchpint.run.launch import WorkerError, run_workers
 
 CONFIGS = [
     # PyMGRIT-parity set "a" (2 levels, F-relaxation) and a 4-level nested F-cycle.

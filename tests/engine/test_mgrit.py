@@ -7,7 +7,7 @@ import torch
 from torchpint.engine import MGRIT, ConfigError, GridError, NonFiniteError, Parareal, time_grid
 from torchpint.engine.state import stack
 from torchpint.problems import Brusselator, Dahlquist, Heat1D, default_rhs
-from torchpint.problems.faults import FaultyProblem
+from torchpint.testing.faults import FaultyProblem
 
 
 def sequential(problem, t: torch.Tensor, u0):

@@ -13,7 +13,7 @@ from torchpint.layerpar import (
     ResidualStep,
     plan_layout,
 )
-from torchpint.layerpar.checks import CheckCase, build_network, check_data
+from torchpint.testing.layer_parallel import CheckCase, build_check_network, check_data
 
 
 def mlp(width: int = 4):
@@ -101,7 +101,7 @@ def test_step_layers_must_be_pure_and_alike() -> None:
 @pytest.mark.parametrize("levels", [1, 2])
 def test_non_finite_activation_names_the_layer(levels) -> None:
     case = CheckCase(layers=8, levels=levels, cf=4)
-    net = build_network(case)
+    net = build_check_network(case)
     with torch.no_grad():
         net.layers[6][0].bias[1] = float("nan")
     x, _ = check_data(case)
@@ -112,7 +112,7 @@ def test_non_finite_activation_names_the_layer(levels) -> None:
 
 def test_non_finite_input_and_gradient() -> None:
     case = CheckCase(layers=8, levels=2, cf=2)
-    net = build_network(case)
+    net = build_check_network(case)
     x, _ = check_data(case)
     bad = x.clone()
     bad[1, 2] = float("nan")
@@ -145,7 +145,7 @@ def test_unstable_coarse_level_is_named() -> None:
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_frozen_step_parameters(mode) -> None:
     case = CheckCase(layers=4, levels=2, cf=2)
-    net = build_network(case)
+    net = build_check_network(case)
     net.step_mode = mode
     for layer in net.layers:
         layer[0].bias.requires_grad_(False)
@@ -166,7 +166,7 @@ def test_final_relaxation_brings_a_fixed_iteration_count_closer_to_serial() -> N
     errors = {}
     for final in (False, True):
         case = CheckCase(layers=64, levels=3, cf=4, width=8, T=4.0, nested=False, tol=0.0, max_iter=2, seed=3)
-        net = build_network(case)
+        net = build_check_network(case)
         net.final_relax = final
         x, _ = check_data(case)
         serial = net.to_sequential()(x)
@@ -178,7 +178,7 @@ def test_final_relaxation_brings_a_fixed_iteration_count_closer_to_serial() -> N
 
 def test_warm_start_falls_back_to_a_cold_start_when_the_batch_changes() -> None:
     case = CheckCase(layers=16, levels=2, cf=4, T=2.0, warm_start=True, tol=1e-10)
-    net = build_network(case)
+    net = build_check_network(case)
     seq = net.to_sequential()
     for batch, warm in ((4, False), (4, True), (6, False), (4, False), (4, True)):
         x, _ = check_data(case, batch, seed=batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from torchpint.cli.main import main
 
@@ -17,32 +18,44 @@ def last_json(out: str) -> dict:
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_train_writes_metrics_plot_model_and_matches_serial(capsys, tmp_path, nproc) -> None:
+def test_train_writes_metrics_plot_model_and_matches_serial(capfd, tmp_path, nproc) -> None:
     assert main([*TINY, "--nproc", str(nproc), "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "layer-parallel: test accuracy" in out and "serial:         test accuracy" in out
+    out = capfd.readouterr().out  # the workers' lines too
+    assert "layer-parallel: training loss" in out and "serial:         training loss" in out
+    assert "[layer-parallel] epoch 1/1: train loss" in out  # the summary line, also without progress bars
     summary = last_json(out)
-    assert summary["nproc"] == nproc
+    assert summary["world_size"] == nproc and summary["version"]
     # Trained to the MGRIT tolerance, the layer-parallel network follows serial training.
     assert summary["max_parameter_difference"] < 1e-7
-    assert summary["test_accuracy_layer_parallel"] == summary["test_accuracy_serial"] > 0.3
+    assert summary["final_loss"] == pytest.approx(summary["final_loss_serial"], rel=1e-9)
+    assert summary["test_accuracy"] == summary["test_accuracy_serial"] > 0.3
     assert summary["forward_iterations_mean"] >= 1 and summary["backward_iterations_mean"] >= 1
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(metrics["batch_losses_layer_parallel"]) == len(metrics["batch_losses_serial"]) == 6
-    assert (tmp_path / "training.png").stat().st_size > 0 and (tmp_path / "model.pt").stat().st_size > 0
+    assert len(metrics["batch_losses"]) == len(metrics["batch_losses_serial"]) == 6
+    assert metrics["batch_losses"] == pytest.approx(metrics["batch_losses_serial"], rel=1e-9)
+    assert (tmp_path / "metrics.csv").read_text().startswith("run,epoch,train_loss")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    model = torch.load(tmp_path / "model.pt", weights_only=True)  # the whole network, loadable without code
+    assert any(k.startswith("layers.7.") for k in model) and any(k.startswith("closing.") for k in model)
 
 
 def test_layers_x_data_parallel_training_matches_serial(capsys, tmp_path) -> None:
     """2 layer ranks x 2 data groups: each group trains on half of every batch; the whole-batch gradients
-    (one all-reduce per step) keep the copies identical and equal to serial training."""
+    (one all-reduce per step) keep the copies identical and equal to serial training.  Resumed for a
+    second epoch, the copies of data group 1 (which write no checkpoint) take group 0's weights."""
     assert main([*TINY, "--nproc", "4", "--data-parallel", "2", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "(2 layer ranks x 2 data groups)" in out
     summary = last_json(out)
     assert summary["config"]["data_parallel"] == 2
     assert summary["max_parameter_difference"] < 1e-7
-    assert summary["train_loss_layer_parallel"] == pytest.approx(summary["train_loss_serial"], rel=1e-9)
-    assert summary["test_accuracy_layer_parallel"] == summary["test_accuracy_serial"]
+    assert summary["final_loss"] == pytest.approx(summary["final_loss_serial"], rel=1e-9)
+    assert summary["test_accuracy"] == summary["test_accuracy_serial"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "epoch_0001").iterdir()) == ["meta.pt", "part0.pt", "part1.pt"]
+    assert main([*TINY, "--nproc", "4", "--data-parallel", "2", "--out", str(tmp_path), "--resume", "--epochs", "2"]) == 0
+    resumed = last_json(capsys.readouterr().out)
+    assert resumed["resumed_from_epoch"] == 1 and resumed["max_parameter_difference"] < 1e-7
+    assert resumed["final_loss"] == pytest.approx(resumed["final_loss_serial"], rel=1e-9)
 
 
 def test_mlp_without_serial(capsys, tmp_path) -> None:
@@ -65,6 +78,21 @@ def test_mlp_without_serial(capsys, tmp_path) -> None:
         (["--nproc", "4", "--data-parallel", "3"], "3 data-parallel groups do not divide the 4 processes"),
         (["--nproc", "4", "--data-parallel", "4", "--batch", "2"], "a batch of 2 examples cannot be split over 4"),
         (["--nproc", "2", "--data-parallel", "2", "--batch", "1436"], "the last batch of an epoch has 1 examples"),
+        (["--width", "0"], "width must be >= 1"),
+        (["--layers", "0"], "layers must be >= 1"),
+        (["--levels", "0"], "levels must be >= 1"),
+        (["--cf", "1"], "cf must be >= 2"),
+        (["--T", "0"], "T must be > 0"),
+        (["--T", "inf"], "T must be > 0"),
+        (["--fwd-tol", "-1"], "fwd-tol must be a finite number >= 0"),
+        (["--bwd-tol", "nan"], "bwd-tol must be a finite number >= 0"),
+        (["--fwd-max-iter", "0"], "fwd-max-iter must be >= 1"),
+        (["--bwd-max-iter", "0"], "bwd-max-iter must be >= 1"),
+        (["--batch", "0"], "batch must be >= 1"),
+        (["--momentum", "1"], "momentum must be in [0, 1)"),
+        (["--lr", "nan"], "lr must be > 0"),
+        (["--seed", "-1"], "seed must be >= 0"),
+        (["--data-parallel", "0"], "data-parallel must be >= 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, tmp_path, args, message) -> None:

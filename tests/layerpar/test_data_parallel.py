@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.engine import ConfigError
 from torchpint.engine.comm import SerialComm
-from torchpint.layerpar.checks import (
+from torchpint.testing.layer_parallel import (
     CheckCase,
     layer_data_gradients,
     max_relative_difference,

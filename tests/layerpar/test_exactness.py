@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchpint.dist import run_workers
-from torchpint.layerpar.checks import (
+from torchpint.run.launch import run_workers
+from torchpint.testing.layer_parallel import (
     CheckCase,
     check_worker,
     compare,
@@ -114,9 +114,9 @@ def test_step_modes_agree() -> None:
     case = CheckCase(layers=8, levels=2, cf=2, arch="conv", width=2)
     results = {}
     for mode in ("vmap", "loop"):
-        from torchpint.layerpar.checks import build_network, check_data
+        from torchpint.testing.layer_parallel import build_check_network, check_data
 
-        net = build_network(case)
+        net = build_check_network(case)
         net.step_mode = mode
         x, _ = check_data(case)
         out = net(x)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 from torchpint.paranet.checks import (
     GradientSpec,
     distributed_gradients,

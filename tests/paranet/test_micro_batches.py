@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from torchpint.cli.main import main
-from torchpint.paranet.train import _pieces, latest_checkpoint, read_parts
+from torchpint.paranet.train import _pieces
+from torchpint.run.checkpoint import Checkpoints
+from torchpint.run.loop import restore_state
 
 # no BatchNorm (linear blocks; the coarse networks use GroupNorm): a piece's rows are the whole batch's rows
 MLP = ["--model", "mlp", "--depth", "4", "--width", "16", "--dataset", "digits", "--max-train", "64",
@@ -23,8 +25,9 @@ def _train(out: Path, *args: str) -> None:
 
 
 def _checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    state, momentum, _ = read_parts(latest_checkpoint(out / "paranet"))
-    return state, momentum
+    checkpoints = Checkpoints(out / "paranet" / "checkpoints")
+    state = restore_state(checkpoints, checkpoints.find_latest(), 0, merge=True)[0]
+    return state["weights"], state["momentum"]
 
 
 def _history(out: Path) -> list[dict[str, float]]:
@@ -71,7 +74,7 @@ def test_accumulated_step_equals_the_whole_batch_step(tmp_path) -> None:
         _assert_same(ref_momentum, momentum, 1e-5)
         history = _history(out)
         assert history[0]["train_loss"] == pytest.approx(ref_history[0]["train_loss"], rel=1e-6)
-        assert history[0]["train_acc"] == ref_history[0]["train_acc"]  # every sample counted once
+        assert history[0]["train_accuracy"] == ref_history[0]["train_accuracy"]  # every sample counted once
         assert history[0]["test_loss"] == pytest.approx(ref_history[0]["test_loss"], rel=1e-5)
 
 

@@ -1,6 +1,7 @@
 """Bad input and failing runs give clear errors: alpha <= 0, N < 2, divergence, NaN, memory."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -87,5 +88,6 @@ def test_bad_options() -> None:
     with pytest.raises(TrainingConfigError, match="coarse data"):
         MGRITOptions(coarse_data="random").validate()
     task, options = build_task(TaskSpec("xor", steps=8))
-    with pytest.raises(TrainingConfigError, match="nproc"):
-        train_mgrit(task, options, nproc=20)
+    twenty_ranks = SimpleNamespace(rank=0, size=20)  # refused before any message
+    with pytest.raises(TrainingConfigError, match="20 processes are more than the 9 time points"):
+        train_mgrit(task, options, comm=twenty_ranks)

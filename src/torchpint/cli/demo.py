@@ -18,7 +18,7 @@ from typing import Any
 
 from torchpint.cli.plots import plot_residuals
 from torchpint.cli.solve import SolveConfig, solve_worker
-from torchpint.dist import run_workers
+from torchpint.run.launch import run_workers
 
 SECTIONS = [
     ("paranet", "torchpint.cli.paranet"),

@@ -1,42 +1,53 @@
 """``torchpint layer-parallel``: ResNets whose forward and backward passes are MGRIT solves across the layers.
 
     torchpint layer-parallel train --layers 32 --levels 2 --cf 4 --epochs 3 --nproc 2 --dataset digits --out runs/lp
+    torchrun --nnodes 2 --nproc-per-node 1 ... -m torchpint layer-parallel train ... --out runs/lp
 
-Trains the layer-parallel ResNet (the layers split over ``--nproc`` processes, forward pass by
-MGRIT, backward pass by adjoint MGRIT), then the equivalent serial ``nn.Sequential`` from the
-same initial weights on the same batches, and reports both test accuracies and the largest
-parameter difference.  Writes ``metrics.json``, ``training.png`` (loss and accuracy) and
-``model.pt`` (the trained layer-parallel weights) under ``--out``; ``--json`` prints a summary
-as the last line of standard output.
+Trains the layer-parallel ResNet (the layers split over the processes, forward pass by MGRIT,
+backward pass by adjoint MGRIT), then the equivalent serial ``nn.Sequential`` from the same
+initial weights on the same batches, and reports both (loss, test accuracy, the largest
+parameter difference).  The run folder ``--out`` holds ``run.json``, ``checkpoints/`` (every
+epoch; ``--resume`` continues), ``metrics.json``, ``metrics.csv``, ``curves.png`` and
+``model.pt`` (the trained weights); ``--json`` prints a summary as the last line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from torchpint.cli.plots import save_figure
-from torchpint.layerpar.train import ARCHS, DTYPES, TrainConfig, train_and_compare
+from torchpint.layerpar.train import (
+    ARCHS,
+    DTYPES,
+    LayerParallelConfig,
+    load_layer_parallel_data,
+    one_thread,
+    train_layer_parallel,
+    write_outputs,
+)
+from torchpint.run import launch, launched_by_torchrun, open_run_folder, print_json_line, world_size
+from torchpint.run.ranks import open_run_folder_on_ranks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="layer_parallel_command", required=True)
     train = sub.add_parser("train", help="train a layer-parallel ResNet and the serial network the same way")
-    defaults = TrainConfig()
+    defaults = LayerParallelConfig()
     train.add_argument("--layers", type=int, default=defaults.layers, help="residual layers (multiple of cf^(levels-1))")
     train.add_argument("--levels", type=int, default=defaults.levels, help="MGRIT levels (1 = exact serial pass, pipelined)")
     train.add_argument("--cf", type=int, default=defaults.cf, help="coarsening factor")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--nproc", type=int, default=defaults.nproc,
+    train.add_argument("--nproc", type=int, default=None,
                        help="processes: layer ranks x --data-parallel (the layers are split over nproc / D)")
     train.add_argument("--data-parallel", type=int, default=defaults.data_parallel, metavar="D",
                        help="data groups, each a layer-parallel network on its shard of the batch (divides --nproc)")
     train.add_argument("--dataset", default=defaults.dataset, help="data set (digits; mlp: any generated set)")
-    train.add_argument("--out", default="runs/layer-parallel", help="folder for metrics.json, training.png, model.pt")
+    train.add_argument("--out", default="runs/layer-parallel", help="the run folder: run.json, checkpoints/, metrics.json, metrics.csv, curves.png, model.pt")
     train.add_argument("--arch", choices=ARCHS, default=defaults.arch, help="conv: 3x3 conv + tanh steps; mlp: linear + tanh")
     train.add_argument("--width", type=int, default=defaults.width, help="channels (conv) or features (mlp)")
     train.add_argument("--T", type=float, default=defaults.T, help="final time: step h = T / layers")
@@ -57,123 +68,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
     train.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last epoch checkpoint (same options)")
+                       help="continue the run in --out from its newest complete checkpoint (same settings)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
+def config_from_args(args: argparse.Namespace, nproc: int) -> LayerParallelConfig:
+    return LayerParallelConfig(
         dataset=args.dataset, arch=args.arch, width=args.width, layers=args.layers, T=args.T, levels=args.levels,
         cf=args.cf, relax=args.relax, cycle=args.cycle, nested=args.nested, fwd_max_iter=args.fwd_max_iter,
         bwd_max_iter=args.bwd_max_iter, fwd_tol=args.fwd_tol, bwd_tol=args.bwd_tol, epochs=args.epochs,
-        batch=args.batch, lr=args.lr, momentum=args.momentum, seed=args.seed, dtype=args.dtype, nproc=args.nproc,
-        data_parallel=args.data_parallel,
-        progress=args.progress, checkpoint_dir=str(Path(args.out) / "checkpoints"), resume=args.resume,
+        batch=args.batch, lr=args.lr, momentum=args.momentum, seed=args.seed, dtype=args.dtype, nproc=nproc,
+        data_parallel=args.data_parallel, progress=args.progress,
     )
 
 
-def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-ready summary (no weights, no per-batch losses)."""
-    lp = result["layer_parallel"]
-    last = lp["history"][-1]
-    out: dict[str, Any] = {
-        "config": result["config"],
-        "nproc": result["config"]["nproc"],
-        "test_accuracy_layer_parallel": result["test_accuracy_layer_parallel"],
-        "train_loss_layer_parallel": last["train_loss"],
-        "forward_iterations_mean": float(sum(h["forward_iterations_mean"] for h in lp["history"]) / len(lp["history"])),
-        "backward_iterations_mean": float(sum(h["backward_iterations_mean"] for h in lp["history"]) / len(lp["history"])),
-        "seconds_layer_parallel": lp["seconds"],
-        "seconds_per_batch_layer_parallel": lp["seconds_per_batch"],
-        "history_layer_parallel": lp["history"],
-    }
-    if "serial" in result:
-        out.update({
-            "test_accuracy_serial": result["test_accuracy_serial"],
-            "train_loss_serial": result["serial"]["history"][-1]["train_loss"],
-            "max_parameter_difference": result["max_parameter_difference"],
-            "seconds_serial": result["serial"]["seconds"],
-            "seconds_per_batch_serial": result["serial"]["seconds_per_batch"],
-            "history_serial": result["serial"]["history"],
-        })
-    return out
-
-
-def plot_training(result: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = {"layer-parallel": result["layer_parallel"]}
-    if "serial" in result:
-        runs["serial"] = result["serial"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for (label, run), style in zip(runs.items(), ("-", "--")):
-        ax_loss.plot(range(1, len(run["batch_losses"]) + 1), run["batch_losses"], style, label=label, alpha=0.8)
-        epochs = [h["epoch"] for h in run["history"]]
-        ax_acc.plot(epochs, [h["test_accuracy"] for h in run["history"]], "o" + style, label=f"{label}, test")
-        ax_acc.plot(epochs, [h["train_accuracy"] for h in run["history"]], "s" + style, label=f"{label}, train", alpha=0.6)
-    ax_loss.set_xlabel("batch")
-    ax_loss.set_ylabel("cross-entropy loss")
-    ax_loss.set_yscale("log")
-    ax_loss.grid(True, alpha=0.3)
-    ax_loss.legend()
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.grid(True, alpha=0.3)
-    ax_acc.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-
-
-def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Any]:
-    import torch
-
-    out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(result)
-    c = result["config"]
-    plot_training(result, out / "training.png",
-                  f"{c['layers']}-layer {c['arch']} ResNet on {c['dataset']}: MGRIT {c['levels']} levels, cf {c['cf']}, "
-                  f"{c['nproc']} proc.")
-    (out / "metrics.json").write_text(json.dumps(
-        {**summary, "batch_losses_layer_parallel": result["layer_parallel"]["batch_losses"],
-         "batch_losses_serial": result.get("serial", {}).get("batch_losses")}, indent=1))
-    torch.save({k: torch.from_numpy(v) for k, v in result["layer_parallel"]["state"].items()}, out / "model.pt")
-    summary["files"] = {name: str(out / name) for name in ("metrics.json", "training.png", "model.pt")}
-    return summary
+def rank_main(config: LayerParallelConfig, out: str, resume: bool, overwrite: bool, serial: bool,
+              folder_opened: bool) -> dict[str, Any] | None:
+    """Every rank: (under torchrun) open the run folder on rank 0, train; rank 0 writes the outputs."""
+    folder = None
+    if not folder_opened:  # torchrun: the ranks are the launchers; rank 0 locks the folder, all learn the outcome
+        folder, resume = open_run_folder_on_ranks(out, resume=resume, overwrite=overwrite,
+                                                  record={"command": "layer-parallel train", "config": asdict(config)})
+    try:
+        result = train_layer_parallel(config, out, resume=resume, serial=serial)
+        return None if result is None else write_outputs(result, Path(out))
+    finally:
+        if folder is not None:
+            folder.close()
 
 
 def run_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    nproc = world_size(args.nproc)
+    config = config_from_args(args, nproc)
     config.validate()  # bad input: one clear line (exit 2) before any worker starts
-    print(f"torchpint layer-parallel train: {config.layers}-layer {config.arch} ResNet (width {config.width}, "
-          f"T={config.T:g}) on {config.dataset}, MGRIT {config.levels} levels, cf={config.cf}, {config.relax}, "
-          f"{config.cycle}-cycle, fwd/bwd max_iter {config.fwd_max_iter}/{config.bwd_max_iter}, "
-          f"tol {config.fwd_tol:g}/{config.bwd_tol:g}, {config.epochs} epochs, batch {config.batch}, "
-          f"SGD lr {config.lr:g} momentum {config.momentum:g}, {config.dtype}, nproc={config.nproc} "
-          f"({config.nproc // config.data_parallel} layer ranks x {config.data_parallel} data groups)", flush=True)
+    config.check_last_batch(len(load_layer_parallel_data(config).train))
+    torchrun = launched_by_torchrun()
+    lead = not torchrun or os.environ.get("RANK", "0") == "0"
+    if lead:
+        print(f"torchpint layer-parallel train: {config.layers}-layer {config.arch} ResNet (width {config.width}, "
+              f"T={config.T:g}) on {config.dataset}, MGRIT {config.levels} levels, cf={config.cf}, {config.relax}, "
+              f"{config.cycle}-cycle, fwd/bwd max_iter {config.fwd_max_iter}/{config.bwd_max_iter}, "
+              f"tol {config.fwd_tol:g}/{config.bwd_tol:g}, {config.epochs} epochs, batch {config.batch}, "
+              f"SGD lr {config.lr:g} momentum {config.momentum:g}, {config.dtype}, {config.nproc} processes "
+              f"({config.nproc // config.data_parallel} layer ranks x {config.data_parallel} data groups)", flush=True)
     start = time.perf_counter()
-    result = train_and_compare(config, serial=args.serial)
-    summary = write_outputs(result, Path(args.out))
-    print(f"layer-parallel: test accuracy {summary['test_accuracy_layer_parallel']:.4f}, "
+    folder = None
+    if not torchrun:  # this process launches the workers: it holds the run folder for the run's life
+        folder = open_run_folder(args.out, resume=args.resume, overwrite=args.overwrite,
+                                 record={"command": "layer-parallel train", "config": asdict(config)})
+    try:
+        resume = folder.resume if folder is not None else args.resume
+        summary = launch(rank_main, (config, args.out, resume, args.overwrite, args.serial, folder is not None),
+                         nproc=nproc)
+    finally:
+        if folder is not None:
+            folder.close()
+    if summary is None:  # not rank 0: rank 0 reports
+        return 0
+    print(f"layer-parallel: training loss {summary['final_loss']:.6f}, test accuracy {summary['test_accuracy']:.4f}, "
           f"MGRIT iterations per batch fwd {summary['forward_iterations_mean']:.2f} / bwd "
-          f"{summary['backward_iterations_mean']:.2f}, {summary['seconds_per_batch_layer_parallel'] * 1e3:.1f} ms per batch "
-          f"on {config.nproc} proc.")
+          f"{summary['backward_iterations_mean']:.2f}, {summary['seconds']:.2f} s on {summary['world_size']} processes")
     if args.serial:
-        print(f"serial:         test accuracy {summary['test_accuracy_serial']:.4f}, "
-              f"{summary['seconds_per_batch_serial'] * 1e3:.1f} ms per batch; largest parameter difference after "
-              f"training {summary['max_parameter_difference']:.2e}")
+        print(f"serial:         training loss {summary['final_loss_serial']:.6f}, test accuracy "
+              f"{summary['test_accuracy_serial']:.4f}, {summary['seconds_serial']:.2f} s; largest parameter "
+              f"difference after training {summary['max_parameter_difference']:.2e}")
     print(f"wrote {', '.join(summary['files'].values())} ({time.perf_counter() - start:.1f} s)", flush=True)
     if args.json:
-        print(json.dumps(summary, default=float), flush=True)
+        print_json_line(summary)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     if args.layer_parallel_command == "train":
-        if args.nproc < 1:
-            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
         return run_train(args)
     raise ValueError(f"unknown layer-parallel command {args.layer_parallel_command!r}")  # pragma: no cover
 
@@ -181,14 +147,8 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- demo
 def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines and results: gradients vs serial on 2 processes, and digits training vs serial."""
-    from torchpint.dist import run_workers
-    from torchpint.layerpar.checks import CheckCase, compare, serial_gradients
-    from torchpint.layerpar.train import (
-        demo_worker,
-        max_parameter_difference,
-        one_thread,
-        train_serial,
-    )
+    from torchpint.run import run_workers
+    from torchpint.testing.layer_parallel import CheckCase, compare, demo_worker, serial_gradients
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -196,22 +156,16 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         CheckCase(layers=8, levels=1),
         CheckCase(layers=64, levels=3, cf=4, T=4.0, width=6, relax="F", nested=False, tol=1e-11),
     ]
-    config = TrainConfig(layers=16, levels=2, cf=4, epochs=2, width=4, nproc=2, progress=False)
+    config = LayerParallelConfig(layers=16, levels=2, cf=4, epochs=2, width=4, nproc=2, progress=False)
     print(f"[layer-parallel] gradient checks and a {config.layers}-layer conv ResNet trained on digits, "
           f"layers split over {config.nproc} processes", flush=True)
-    ranks = run_workers(demo_worker, config.nproc, (cases, config))
+    run_dir = out / "layer_parallel_run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run folder, made afresh each time
+    ranks = run_workers(demo_worker, config.nproc, (cases, config, str(run_dir)))
     with one_thread():
         checks = compare([r["checks"] for r in ranks], [serial_gradients(c) for c in cases])
-        serial = train_serial(config)
     stats = [ranks[0]["checks"][i]["stats"] for i in range(len(cases))]
-    parallel = ranks[0]["train"]
-    result = {"config": asdict(config), "layer_parallel": parallel, "serial": serial,
-              "max_parameter_difference": max_parameter_difference(parallel["state"], serial["state"]),
-              "test_accuracy_serial": serial["history"][-1]["test_accuracy"],
-              "test_accuracy_layer_parallel": parallel["history"][-1]["test_accuracy"]}
-    summary = summarize(result)
-    plot_training(result, out / "layer_parallel_training.png",
-                  f"{config.layers}-layer conv ResNet on digits, layer-parallel over {config.nproc} processes vs serial")
+    summary = ranks[0]["train"]
     rows = ["| network | MGRIT | iterations fwd / bwd | output | input gradient | parameter gradients |",
             "|---|---|---:|---:|---:|---:|"]
     for case, diff, st in zip(cases, checks, stats):
@@ -233,13 +187,13 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         f"processes; the serial `nn.Sequential` from the same weights on the same batches:"
     )
     accuracy = (
-        f"- test accuracy: layer-parallel {summary['test_accuracy_layer_parallel']:.4f}, serial "
+        f"- test accuracy: layer-parallel {summary['test_accuracy']:.4f}, serial "
         f"{summary['test_accuracy_serial']:.4f}; largest parameter difference after training "
         f"{summary['max_parameter_difference']:.1e}"
     )
     cost = (
         f"- MGRIT iterations per batch: forward {summary['forward_iterations_mean']:.2f}, backward "
-        f"{summary['backward_iterations_mean']:.2f}; time per batch {summary['seconds_per_batch_layer_parallel'] * 1e3:.0f} ms "
+        f"{summary['backward_iterations_mean']:.2f}; time per batch {summary['seconds_per_batch'] * 1e3:.0f} ms "
         f"(layer-parallel, {config.nproc} processes) vs {summary['seconds_per_batch_serial'] * 1e3:.0f} ms (serial): "
         "MGRIT does several times the serial work and pays off only with many processes "
         "(see benchmarks/bench_layer_parallel.py for the model)"
@@ -256,7 +210,7 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         accuracy,
         cost,
         "",
-        "![layer-parallel training](layer_parallel_training.png)",
+        "![layer-parallel training](layer_parallel_run/curves.png)",
         "",
     ]
     summary["gradient_checks"] = [{"case": asdict(c), **d} for c, d in zip(cases, checks)]

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from torchpint.errors import TorchPintError
+
 # Each command lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
 # modules are imported lazily so that ``torchpint solve`` does not load the neural-network code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -18,7 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from torchpint import __version__
+
     parser = argparse.ArgumentParser(prog="torchpint", description="Parallel-in-time methods for PyTorch")
+    parser.add_argument("--version", action="version", version=f"torchpint {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         try:
@@ -31,17 +36,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code(error: BaseException) -> int:
+    """2: the input cannot work (ConfigError, ValueError); 128+N: stopped by signal N; 1: the run failed."""
+    from torchpint.run.launch import Interrupted
+
+    if isinstance(error, Interrupted):
+        return 128 + error.signum
+    return 2 if isinstance(error, ValueError) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("torchpint: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, ArithmeticError, RuntimeError, OSError) as error:
-        # Bad input and failed runs get one clear line, not a traceback.
-        print(f"torchpint: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, ValueError) else 1
+    except (TorchPintError, ValueError, ArithmeticError, RuntimeError, OSError) as error:
+        # Bad input and failed runs get one clear line, not a traceback (ConfigError is a ValueError,
+        # NonFiniteError an ArithmeticError).
+        first = str(error).strip().splitlines()
+        print(f"torchpint: error: {first[0] if first else type(error).__name__}", file=sys.stderr)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

@@ -13,23 +13,21 @@ largest difference from serial training's weights, the paper's potential speedup
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from torchpint.cli.plots import save_figure
-from torchpint.training.errors import DivergenceError, NonFiniteWeightsError
+from torchpint.errors import NonFiniteError
+from torchpint.training.experiment import paper_table, solve_case
 from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
-from torchpint.training.problem import level_learning_rate
-from torchpint.training.serial import serial_train, torch_optim_train
-from torchpint.training.solver import max_difference, memory_estimate, plan_levels, relative_difference, train_mgrit
-from torchpint.training.speedup import calibrate, level_steps, potential_speedup, predict_seconds
-from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, accuracy, build_task, digits_data
+from torchpint.training.solver import memory_estimate
+from torchpint.run import launch, launched_by_torchrun, open_run_folder, print_json_line, world_size
+from torchpint.run.ranks import open_run_folder_on_ranks
+from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, build_task
 
 DEFAULT_STEPS = {"xor": 100, "addition": 100, "digits": 256}
 
@@ -45,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha-b", type=float, help="fine learning rate (default: xor 1.0, addition 0.025, digits 0.05)")
     parser.add_argument("--alpha-max", type=float, default=8.0, help="largest coarse learning rate")
     parser.add_argument("--growth", type=float, default=2.0, help="coarse learning-rate growth per level (2, or 1.25)")
-    parser.add_argument("--nproc", type=int, default=1, help="time-parallel processes (torch.distributed, gloo)")
+    parser.add_argument("--nproc", type=int, help="time-parallel processes (default 1; under torchrun: its world size)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     parser.add_argument("--plot", metavar="FILE.png", help="residual history (or, with --paper-table, speedup vs N)")
     parser.add_argument("--paper-table", type=int, choices=sorted(PAPER_TABLES), help="rerun a paper table (XOR)")
@@ -73,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, help="absolute tolerance (default 1e-9 sqrt(N))")
     parser.add_argument("--max-iter", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="run folder: run.json, checkpoints/ (every --checkpoint-every iterations), "
+                                      "metrics.json, model.pt (default: none, nothing written)")
+    parser.add_argument("--checkpoint-every", type=int, default=5, metavar="K",
+                        help="with --out: each rank writes its block of the trajectory every K iterations")
+    parser.add_argument("--resume", action="store_true", help="continue the solve in --out from its newest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     parser.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
                         help="time batched steps and print the wall-clock model's prediction")
 
@@ -105,128 +109,21 @@ def spec_from_args(args: argparse.Namespace) -> TaskSpec:
     )
 
 
-# ---------------------------------------------------------------------------------- one case
-def solve_case(spec: TaskSpec, nproc: int = 1, *, predict: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """MGRIT, serial training, their comparison and the speedup models for one ``spec``."""
-    task, options = build_task(spec)  # validates everything before any worker starts
-    if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    mem = memory_estimate(task, options, nproc)
-    check_limit(mem, options.max_memory)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    levels = plan_levels(task.steps, options)
-    lrs = [level_learning_rate(task.update.lr, lvl, options.growth, options.lr_max) for lvl in range(levels)]
-    say(f"torchpint mgrit-train {spec.task}: N={task.steps} steps, solver {spec.solver}, {options.cycle} "
-        f"({levels} levels, steps per level {level_steps(task.steps, levels, options.m)}), alpha_l = "
-        f"{[round(a, 6) for a in lrs]}, {task.update.name}, FCF, m={options.m}, coarse data '{options.coarse_data}', "
-        f"tol={1e-9 * math.sqrt(task.steps) if options.tol is None else options.tol:.3g}, nproc={nproc}")
-    say(f"memory: {mem.describe()}")
-    options.verbose = not quiet
-    result = train_mgrit(task, replace(options), nproc=nproc)
-
-    serial = serial_train(task, keep="all" if options.store == "all" else "last")
-    optim = torch_optim_train(task, keep="last")
-    final_diff = max_difference(result.weights, serial.weights)
-    if serial.trajectory is not None and result.trajectory is not None:
-        traj_diff = max_difference(task.update.weights(result.trajectory), task.update.weights(serial.trajectory))
-    else:
-        traj_diff = final_diff
-    optim_diff = max_difference(result.weights, optim.weights)
-    out: dict[str, Any] = {
-        "task": spec.task,
-        "spec": asdict(spec),
-        "nproc": nproc,
-        **result.summary(),
-        "max_weight_diff_vs_serial": traj_diff,
-        "final_weight_diff_vs_serial": final_diff,
-        "final_weight_rel_diff_vs_serial": relative_difference(result.weights, serial.weights),
-        "final_weight_diff_vs_torch_optim": optim_diff,
-        "serial_seconds": serial.seconds,
-        "torch_optim_seconds": optim.seconds,
-        "num_weights": task.num_weights,
-    }
-    out["seconds_ratio_serial_over_mgrit"] = optim.seconds / result.seconds if result.seconds > 0 else math.nan
-    if predict:
-        largest = max((max(v) for v in result.calls.values() if v), default=1)
-        cost = calibrate(task, largest, repeats=2, chunk=None)
-        out["predicted_seconds"] = predict_seconds(result.calls, cost, 1)
-        out["predicted_serial_seconds"] = task.steps * cost.single
-        out["step_cost"] = cost.as_dict()
-    if spec.task == "digits":
-        _, _, xt, yt = digits_data(spec.seed)
-        out["test_accuracy_mgrit"] = accuracy(task, result.weights, xt, yt)
-        out["test_accuracy_serial"] = accuracy(task, serial.weights, xt, yt)
-    _print_result(out, say)
-    return out
-
-
-def _print_result(out: dict[str, Any], say: Any) -> None:
-    status = "converged" if out["converged"] else "NOT converged"
-    say(f"result: {status} after {out['iterations']} iterations, rho = {out['rho']:.3f} "
-        f"((||r_k||/||r_0||)^(1/k), ||r_0|| = {out['initial_residual']:.3e})")
-    say(f"  max |w - w_serial| over the trajectory {out['max_weight_diff_vs_serial']:.2e}, final weights "
-        f"{out['final_weight_diff_vs_serial']:.2e} (relative {out['final_weight_rel_diff_vs_serial']:.1e}; "
-        f"vs torch.optim: {out['final_weight_diff_vs_torch_optim']:.2e})")
-    say(f"  potential speedup (paper model, {out['sequential_phi']} sequential Phi for N={out['level_steps'][0]}): "
-        f"{out['potential_speedup']:.2f}")
-    line = (f"  seconds: MGRIT {out['seconds']:.3f} on {out['nproc']} process(es); serial training "
-            f"{out['torch_optim_seconds']:.3f} (torch.optim), {out['serial_seconds']:.3f} (same Phi); "
-            f"serial/MGRIT = {out['seconds_ratio_serial_over_mgrit']:.2f}")
-    say(line)
-    if "predicted_seconds" in out:
-        say(f"  model (calibrated batched-step cost, no communication): MGRIT {out['predicted_seconds']:.3f} s "
-            f"on {out['nproc']} process(es), serial {out['predicted_serial_seconds']:.3f} s")
-    if "test_accuracy_mgrit" in out:
-        say(f"  test accuracy: MGRIT weights {out['test_accuracy_mgrit']:.4f}, serial weights "
-            f"{out['test_accuracy_serial']:.4f}")
-
-
-# ---------------------------------------------------------------------------------- paper tables
-def paper_table(number: int, max_n: int = 6400, nproc: int = 1, *, quiet: bool = False,
-                base: TaskSpec | None = None) -> dict[str, Any]:
-    """Rerun paper table ``number`` for N <= max_n; paper vs measured, side by side."""
-    table = PAPER_TABLES[number]
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    base = base or TaskSpec()
-    rows: list[dict[str, Any]] = []
-    say(f"paper table {number}: {table.title}")
-    header = (f"{'N':>6} | {'paper it/rho':>12} | {'ours it/rho':>11} | {'d it':>4} | {'max |w-w_ser|':>13} | "
-              f"{'final rel':>9} | "
-              f"{'levels':>6} | {'pot. speedup':>12} | {'MGRIT s':>8} | {'serial s':>8}")
-    say(header)
-    say("-" * len(header))
-    for n, it_paper, rho_paper in table.rows(max_n):
-        spec = replace(base, task="xor", steps=n, solver=table.solver, cycle=table.cycle, alpha_b=table.alpha_b,
-                       alpha_max=table.alpha_max, verbose=False)
-        task, options = build_task(spec)
-        options.verbose = False
-        result = train_mgrit(task, options, nproc=nproc)
-        serial = serial_train(task, keep="all")
-        optim = torch_optim_train(task, keep="last")
-        diff = max_difference(task.update.weights(result.trajectory), task.update.weights(serial.trajectory))
-        row = {
-            "N": n, "paper_iterations": it_paper, "paper_rho": rho_paper, "iterations": result.iterations,
-            "rho": result.rho, "converged": result.converged, "max_weight_diff_vs_serial": diff,
-            "final_weight_diff_vs_serial": max_difference(result.weights, serial.weights),
-            "final_weight_rel_diff_vs_serial": relative_difference(result.weights, serial.weights),
-            "levels": result.levels, "potential_speedup": result.potential_speedup,
-            "paper_potential_speedup": _paper_speedup(n, it_paper, table.cycle, result.levels),
-            "seconds": result.seconds, "serial_seconds": serial.seconds, "torch_optim_seconds": optim.seconds,
-            "residuals": result.residuals, "initial_residual": result.initial_residual,
-        }
-        rows.append(row)
-        say(f"{n:>6} | {it_paper:>5} / {rho_paper:4.2f} | {result.iterations:>4} / {result.rho:4.2f} | "
-            f"{result.iterations - it_paper:>+4d} | {diff:13.2e} | {row['final_weight_rel_diff_vs_serial']:9.1e} | "
-            f"{result.levels:>6} | {result.potential_speedup:12.2f} | "
-            f"{result.seconds:8.2f} | {optim.seconds:8.2f}")
-    worst = max(abs(r["iterations"] - r["paper_iterations"]) for r in rows)
-    say(f"largest difference from the paper's iteration counts: {worst} (N <= {max_n}); "
-        f"rho here is (||r_k||/||r_0||)^(1/k) with r_0 the initial guess's residual")
-    return {"table": number, "title": table.title, "rows": rows, "max_iteration_difference": worst, "nproc": nproc}
-
-
-def _paper_speedup(n: int, iterations: int, cycle: str, levels: int) -> float:
-    return potential_speedup(n, iterations, cycle, levels)
+# ---------------------------------------------------------------------------------- ranks
+def rank_main(spec: TaskSpec, table: int | None, max_n: int, predict: bool, out: str | None, resume: bool,
+              overwrite: bool, checkpoint_every: int, folder_opened: bool) -> dict[str, Any] | None:
+    """What every rank runs: (under torchrun) rank 0 opens the run folder, then the solve; rank 0 returns the result."""
+    if table is not None:
+        return paper_table(table, max_n, base=spec)
+    folder = None
+    if out is not None and not folder_opened:  # torchrun: every rank is a launcher
+        folder, resume = open_run_folder_on_ranks(out, resume=resume, overwrite=overwrite,
+                                                  record={"command": "mgrit-train", "config": asdict(spec)})
+    try:
+        return solve_case(spec, predict=predict, run_dir=out, checkpoint_every=checkpoint_every, resume=resume)
+    finally:
+        if folder is not None:
+            folder.close()
 
 
 def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str, title: str = "") -> None:
@@ -260,45 +157,52 @@ def plot_history(histories: dict[str, list[float]], path: str, title: str) -> No
 
 # ---------------------------------------------------------------------------------- command
 def run(args: argparse.Namespace) -> int:
-    if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     spec = spec_from_args(args)
+    task, options = build_task(spec)  # validates everything before any worker starts
     if args.paper_table is not None:
         if args.task != "xor":
             raise ValueError("--paper-table reruns the paper's XOR tables: use `torchpint mgrit-train xor --paper-table N`")
         if args.max_n < PAPER_N[0]:
             raise ValueError(f"--max-n must be >= {PAPER_N[0]}, got {args.max_n}")
-        out = paper_table(args.paper_table, args.max_n, args.nproc, base=spec)
-        if args.plot:
-            plot_speedup({f"table {args.paper_table}": out["rows"]}, args.plot, PAPER_TABLES[args.paper_table].title)
-            print(f"speedup plot: {args.plot}")
-    else:
-        try:
-            out = solve_case(spec, args.nproc, predict=args.predict)
-        except (DivergenceError, NonFiniteWeightsError) as error:
-            print(f"torchpint: stopped: {error}", file=sys.stderr, flush=True)
-            if args.json:
-                print(json.dumps({"error": str(error), "kind": type(error).__name__,
-                                  "residuals": getattr(error, "residuals", None)}), flush=True)
-            return 1
-        if args.plot:
-            plot_history({f"MGRIT, {args.nproc} proc.": out["residuals"]}, args.plot,
-                         f"{spec.task}, solver {spec.solver}, {spec.cycle}, N={spec.steps}")
-            print(f"convergence plot: {args.plot}")
+        if args.out is not None:
+            raise ValueError("--paper-table writes no run folder: drop --out (use --json or --plot)")
+    if args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    if args.out is None and (args.resume or args.overwrite):
+        raise ValueError("--resume and --overwrite need the run folder: --out")
+    points = task.steps + 1
+    nproc = world_size(args.nproc, allowed=lambda size: None if size <= points else
+                       f"more processes than the {points} time points (every rank must own one)")
+    check_limit(memory_estimate(task, options, nproc), options.max_memory)
+    folder = None
+    if args.out is not None and not launched_by_torchrun():  # this process launches: it holds the run folder
+        folder = open_run_folder(args.out, resume=args.resume, overwrite=args.overwrite,
+                                 record={"command": "mgrit-train", "config": asdict(spec)})
+    try:
+        resume = folder.resume if folder is not None else args.resume
+        out = launch(rank_main, (spec, args.paper_table, args.max_n, args.predict, args.out, resume, args.overwrite,
+                                 args.checkpoint_every, folder is not None), nproc=nproc)
+    except NonFiniteError as error:  # divergence, NaN weights (also from a worker): exit 1, the JSON says why
+        print(f"torchpint: stopped: {error}", file=sys.stderr, flush=True)
+        if args.json:
+            print_json_line({"error": str(error), "kind": type(error).__name__, "world_size": nproc,
+                             "residuals": getattr(error, "residuals", None)})
+        return 1
+    finally:
+        if folder is not None:
+            folder.close()
+    if out is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
+    if args.plot and args.paper_table is not None:
+        plot_speedup({f"table {args.paper_table}": out["rows"]}, args.plot, PAPER_TABLES[args.paper_table].title)
+        print(f"speedup plot: {args.plot}")
+    elif args.plot:
+        plot_history({f"MGRIT, {out['world_size']} proc.": out["residuals"]}, args.plot,
+                     f"{spec.task}, solver {spec.solver}, {spec.cycle}, N={spec.steps}")
+        print(f"convergence plot: {args.plot}")
     if args.json:
-        print(json.dumps(_finite(out), default=float), flush=True)
+        print_json_line(out)
     return 0
-
-
-def _finite(x: Any) -> Any:
-    """Strict JSON: NaN and infinities become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 # ---------------------------------------------------------------------------------- demo
@@ -309,7 +213,7 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
     print(f"[mgrit-train] digits MLP 64-32-10 (tanh), {spec.steps} SGD steps (lr {spec.alpha_b}, batch {spec.batch}), "
           f"MGRIT V-cycle over the training steps", flush=True)
     start = time.perf_counter()
-    res = solve_case(spec, 1, predict=False)
+    res = solve_case(spec, predict=False)
     plot_history({"MGRIT V-cycle, digits MLP": res["residuals"]}, str(out / "mgrit_train_residuals.png"),
                  "MGRIT over 256 SGD steps (digits MLP)")
     rows = ["| iteration | residual | factor |", "|---:|---:|---:|"]
@@ -331,7 +235,7 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         f"- largest weight difference from serial training (all {spec.steps + 1} points): "
         f"{res['max_weight_diff_vs_serial']:.2e}; final weights vs torch.optim.SGD: "
         f"{res['final_weight_diff_vs_torch_optim']:.2e}",
-        f"- test accuracy: MGRIT weights {res['test_accuracy_mgrit']:.4f}, serial weights "
+        f"- test accuracy: MGRIT weights {res['test_accuracy']:.4f}, serial weights "
         f"{res['test_accuracy_serial']:.4f}",
         f"- potential speedup (paper's model, enough processes): {res['potential_speedup']:.2f}; "
         f"wall-clock here: MGRIT {res['seconds']:.2f} s on one process vs serial {res['torch_optim_seconds']:.2f} s",

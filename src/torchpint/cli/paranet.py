@@ -15,28 +15,35 @@ metrics.csv, curves.png and the checkpoints.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import shutil
 import sys
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchpint.cli.plots import save_figure
+from torchpint.cli.options import at_least, in_range, positive
+from torchpint.errors import ConfigError
 from torchpint.paranet.train import (
     AUGMENTS,
     SCHEDULES,
     TrainConfig,
     build_paranet,
+    config_dict,
     distributed_worker,
-    latest_checkpoint,
     load_data,
     train_local,
-    write_json,
+    write_model_file,
 )
+from torchpint.run.checkpoint import Checkpoints
+from torchpint.run.fit import write_training_outputs
+from torchpint.run.folder import open_run_folder, will_resume
+from torchpint.run.launch import launch, launched_by_torchrun, world_size
+from torchpint.run.launch import rank as launch_rank
+from torchpint.run.loop import StepHooks
+from torchpint.run.report import print_json_line
+from torchpint.testing.faults import parse_training_fault
 
 __all__ = ["add_arguments", "demo_section", "run", "run_training"]
 
@@ -79,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--nproc", type=int, default=None,
                        help="processes: 1 (whole network here; the default) or N (one sub-network each, "
-                            "torch.distributed), N x R with --replicas R (the default then)")
+                            "torch.distributed), N x R with --replicas R (the default then); under torchrun, "
+                            "torchrun's world size")
     train.add_argument("--replicas", type=int, default=1,
                        help="R data-parallel copies of the distributed parareal network, each on 1/R of every "
                             "batch, gradients averaged (BatchNorm statistics per shard)")
@@ -96,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     train.add_argument("--compare", action="store_true", help="also train the original network the same way")
-    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    train.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bars (the per-epoch summary lines stay)")
+    train.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     train.add_argument("--inject-fault", help=argparse.SUPPRESS)  # nan:EPOCH:STEP or kill:EPOCH:STEP:RANK
     info = sub.add_parser("info", help="print the split, shapes, parameters and FLOPs of a parareal network")
     _common(info)
@@ -107,94 +117,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true", help="print the info as JSON")
 
 
-def _parse_fault(text: str | None) -> dict[str, Any] | None:
-    if not text:
-        return None
-    parts = text.split(":")
-    try:  # EPOCH and STEP count from 1, as the progress messages do
-        kind = parts[0]
-        fault = {"kind": kind, "epoch": int(parts[1]), "step": int(parts[2]) - 1}
-        if kind == "kill":
-            fault["rank"] = int(parts[3]) if len(parts) > 3 else 1
-    except (IndexError, ValueError):
-        raise ValueError(f"--inject-fault must be nan:EPOCH:STEP or kill:EPOCH:STEP[:RANK], got {text!r}") from None
-    if kind not in ("nan", "kill"):
-        raise ValueError(f"--inject-fault kind must be nan or kill, got {kind!r}")
-    return fault
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The configuration; ``nproc`` is torchrun's world size under torchrun (a disagreeing --nproc is refused)."""
     out = args.out or f"runs/paranet-{args.model}-{args.dataset}-N{args.subnets}"
-    nproc = args.nproc if args.nproc is not None else args.subnets * args.replicas if args.replicas > 1 else 1
+    if args.nproc is None and not launched_by_torchrun():
+        nproc = args.subnets * args.replicas if args.replicas > 1 else 1
+    else:
+        nproc = world_size(args.nproc)
     return TrainConfig(
         model=args.model, dataset=args.dataset, subnets=args.subnets, iterations=args.iterations,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, nproc=nproc, replicas=args.replicas,
         micro_batches=args.micro_batches, threads=args.threads, augment=args.augment, balance=args.balance or "time",
         coarse=args.coarse, coarse_width=args.coarse_width, depth=args.depth, width=args.width, image_size=args.image_size,
-        data_root=args.data_root, max_train=args.max_train, max_test=args.max_test, out=out,
-        progress=args.progress, fault=_parse_fault(args.inject_fault), device=args.device,
+        data_root=args.data_root, max_train=args.max_train, max_test=args.max_test, device=args.device,
         devices=[d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None,
+        out=out, progress=args.progress,
     )  # fmt: skip
+
+
+def validate_network(cfg: TrainConfig) -> None:
+    """The options that shape the network (train and info)."""
+    at_least("--subnets", cfg.subnets, 1)
+    at_least("--K", cfg.iterations, 1)
+    for option, value in (("--width", cfg.width), ("--depth", cfg.depth), ("--coarse-width", cfg.coarse_width),
+                          ("--image-size", cfg.image_size)):
+        if value is not None:
+            at_least(option, value, 1)
 
 
 def validate(cfg: TrainConfig) -> None:
     """Refuse bad input before anything heavy starts."""
-    if cfg.subnets < 1:
-        raise ValueError(f"--subnets must be >= 1, got {cfg.subnets}")
-    if cfg.iterations < 1:
-        raise ValueError(f"--K must be >= 1, got {cfg.iterations}")
-    if cfg.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
-    if cfg.batch_size < 2:
-        raise ValueError(f"--batch-size must be >= 2 (batch norm), got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
-    if cfg.replicas < 1:
-        raise ValueError(f"--replicas must be >= 1, got {cfg.replicas}")
-    if cfg.replicas > 1 and cfg.nproc != cfg.subnets * cfg.replicas:
-        raise ValueError(f"--nproc must be N x R = {cfg.subnets} x {cfg.replicas} = {cfg.subnets * cfg.replicas} "
-                         f"with --replicas {cfg.replicas} (one process per sub-network per replica), got {cfg.nproc}")
+    validate_network(cfg)
+    at_least("--epochs", cfg.epochs, 1)
+    at_least("--batch-size", cfg.batch_size, 2, why="batch norm")
+    positive("--lr", cfg.lr)
+    in_range("--momentum", cfg.momentum, 0.0, 1.0, high_open=True)
+    at_least("--weight-decay", cfg.weight_decay, 0.0)
+    at_least("--threads", cfg.threads, 1)
+    at_least("--replicas", cfg.replicas, 1)
+    at_least("--micro-batches", cfg.micro_batches, 1)
     if cfg.batch_size < 2 * cfg.replicas:
-        raise ValueError(f"--batch-size must be >= 2 x replicas = {2 * cfg.replicas} (batch norm, per shard), "
-                         f"got {cfg.batch_size}")
-    if cfg.micro_batches < 1:
-        raise ValueError(f"--micro-batches must be >= 1, got {cfg.micro_batches}")
+        raise ConfigError(f"--batch-size must be >= 2 x replicas = {2 * cfg.replicas} (batch norm, per shard), "
+                          f"got {cfg.batch_size}")
     shard = cfg.batch_size // cfg.replicas  # the samples of a (replica's share of a) batch
     if cfg.micro_batches > shard // 2:
         where = f"the {shard}-sample shard of each replica" if cfg.replicas > 1 else f"the {shard}-sample batch"
-        raise ValueError(f"--micro-batches must be <= {shard // 2}: each micro-batch of {where} needs >= 2 samples "
-                         f"(batch norm), got {cfg.micro_batches}")
-    if cfg.replicas == 1 and cfg.nproc not in (1, cfg.subnets):
-        raise ValueError(f"--nproc must be 1 (one process) or N={cfg.subnets} (one sub-network per process), "
-                         f"got {cfg.nproc}")
+        raise ConfigError(f"--micro-batches must be <= {shard // 2}: each micro-batch of {where} needs >= 2 samples "
+                          f"(batch norm), got {cfg.micro_batches}")
+    world_size(cfg.nproc if not launched_by_torchrun() else None, allowed=_usable_world(cfg))
     if (cfg.device == "cuda" or any(d.startswith("cuda") for d in cfg.devices or [])) and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for (--device cuda / --devices cuda:...) but torch sees no GPU")
+        raise ConfigError("CUDA was asked for (--device cuda / --devices cuda:...) but torch sees no GPU")
     if cfg.devices and cfg.nproc > 1:
-        raise ValueError("--devices is for one process; with --nproc N use --device cuda (one GPU per process)")
-    for name in ("max_train", "max_test"):
-        value = getattr(cfg, name)
-        if value is not None and value < 2:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 2, got {value}")
+        raise ConfigError("--devices is for one process; with --nproc N use --device cuda (one GPU per process)")
+    for option, value in (("--max-train", cfg.max_train), ("--max-test", cfg.max_test)):
+        if value is not None:
+            at_least(option, value, 2)
 
 
-def prepare(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict[str, Any]:
-    """Validate, load the data once for its shape, build the network once for its split; set up the run folder."""
+def _usable_world(cfg: TrainConfig) -> Callable[[int], str | None]:
+    def reason(size: int) -> str | None:
+        if cfg.replicas > 1:
+            need = cfg.subnets * cfg.replicas
+            return None if size == need else (
+                f"with --replicas {cfg.replicas} it must be N x R = {cfg.subnets} x {cfg.replicas} = {need} "
+                f"(one process per sub-network per replica)")
+        return None if size in (1, cfg.subnets) else (
+            f"it must be 1 (one process) or N={cfg.subnets} (one sub-network per process)")
+
+    return reason
+
+
+def prepare(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
+    """Validate, load the data once for its shape, build the network once for its split (and info).
+
+    Resuming, the split comes from the checkpoint (a measured balance would differ).
+    """
     validate(cfg)
-    run_dir = Path(cfg.out)
     saved_split = None
     if resume:
-        ckpt = latest_checkpoint(run_dir / "paranet")
-        if ckpt is not None:
-            saved_split = torch.load(ckpt / "meta.pt", map_location="cpu", weights_only=False)["config"]["split_points"]
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ValueError(f"{run_dir} already holds a run: --resume continues it, --overwrite starts afresh, "
-                             f"or choose another --out")
-        for sub in ("paranet", "original"):
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        found = Checkpoints(Path(cfg.out) / "paranet" / "checkpoints").find_latest()
+        if found is not None:
+            saved_split = found.config.get("split_points")
     data = load_data(cfg)
     cfg.input_shape = list(data.input_shape)
     cfg.num_classes = data.num_classes
@@ -206,49 +210,61 @@ def prepare(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict[str, Any]:
     finally:
         torch.set_num_threads(previous)
     cfg.split_points = [int(b) for b in net.bounds[1:-1]]
-    run_dir.mkdir(parents=True, exist_ok=True)
     return {"info": net.info(), "info_text": net.format_info(), "data": {
         "name": data.name, "train": len(data.train), "test": len(data.test), "input_shape": list(data.input_shape),
         "num_classes": data.num_classes}}
 
 
 def run_training(cfg: TrainConfig, compare: bool = False, resume: bool = False, overwrite: bool = False,
-                 quiet: bool = False) -> dict[str, Any]:
-    """Train the parareal network (and the original with ``compare``); write metrics, CSV and curves."""
-    from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
+                 quiet: bool = False, hooks: StepHooks | None = None) -> dict[str, Any]:
+    """Train the parareal network (and the original with ``compare``); write metrics, CSV, curves, model files.
 
-    prep = prepare(cfg, resume, overwrite)
+    Returns the results on rank 0 (``{}`` on the other ranks under torchrun).
+    """
     run_dir = Path(cfg.out)
+    resume = will_resume(run_dir, resume=resume, overwrite=overwrite)
+    prep = prepare(cfg, resume)
+    lead = launch_rank() == 0
     info = prep["info"]
     label = f"parareal N={cfg.subnets}" + (f" x {cfg.replicas} replicas" if cfg.replicas > 1 else "")
     micro = f", micro-batches={cfg.micro_batches}" if cfg.micro_batches > 1 else ""
-    if not quiet:
-        print(f"torchpint paranet train: {cfg.model} on {cfg.dataset} ({prep['data']['train']} train / "
-              f"{prep['data']['test']} test samples, shape {tuple(cfg.input_shape)}), N={cfg.subnets}, K={cfg.iterations}, "
-              f"nproc={cfg.nproc}, replicas={cfg.replicas}{micro}, {cfg.threads} thread(s) per process, run folder {run_dir}", flush=True)
-        print(prep["info_text"], flush=True)
-    if cfg.nproc > 1 and launched_by_torchrun():
-        init_from_env("nccl" if cfg.device == "cuda" else "gloo")
-        paranet = distributed_worker(cfg, str(run_dir / "paranet"), label, resume)
-        if torch.distributed.get_rank() != 0:
+    folder = open_run_folder(run_dir, resume=resume, overwrite=overwrite,
+                             record={"command": "paranet train", "config": config_dict(cfg)}) if lead else None
+    try:
+        if lead and not quiet:
+            print(f"torchpint paranet train: {cfg.model} on {cfg.dataset} ({prep['data']['train']} train / "
+                  f"{prep['data']['test']} test samples, shape {tuple(cfg.input_shape)}), N={cfg.subnets}, "
+                  f"K={cfg.iterations}, world size {cfg.nproc}, replicas={cfg.replicas}{micro}, {cfg.threads} thread(s) "
+                  f"per process, run folder {run_dir}", flush=True)
+            print(prep["info_text"], flush=True)
+        if cfg.nproc > 1:
+            paranet = launch(distributed_worker, (cfg, str(run_dir / "paranet"), label, resume, hooks), nproc=cfg.nproc,
+                             threads=cfg.threads, backend="nccl" if cfg.device == "cuda" else "gloo")
+        else:
+            paranet = train_local(cfg, run_dir / "paranet", label, original=False, resume=resume, hooks=hooks)
+        if not lead:
             return {}
-    elif cfg.nproc > 1:
-        paranet = run_workers(distributed_worker, cfg.nproc, (cfg, str(run_dir / "paranet"), label, resume),
-                              threads=cfg.threads, backend="nccl" if cfg.device == "cuda" else "gloo")[0]
-    else:
-        paranet = train_local(cfg, run_dir / "paranet", label, original=False, resume=resume)
-    if paranet is None:  # not rank 0 (cannot happen: rank 0 returns the summary)
-        return {}
-    runs: dict[str, dict[str, Any]] = {"paranet": paranet}
-    if compare:
-        runs["original"] = train_local(cfg, run_dir / "original", "original", original=True, resume=resume)
-    results = summarize(cfg, info, runs, prep["data"])
-    write_outputs(run_dir, results)
+        write_model_file(run_dir / "paranet", run_dir / "model.pt")
+        runs: dict[str, dict[str, Any]] = {"paranet": paranet}
+        if compare:
+            runs["original"] = train_local(cfg, run_dir / "original", "original", original=True, resume=resume)
+            write_model_file(run_dir / "original", run_dir / "original_model.pt")
+        results = summarize(cfg, info, runs, prep["data"])
+        write_training_outputs(run_dir, results, {_run_names(cfg)[k]: r["history"] for k, r in runs.items()},
+                               title=f"{cfg.model} on {cfg.dataset}")
+    finally:
+        if folder is not None:
+            folder.close()
     if not quiet:
         print()
         print(format_table(results))
-        print(f"\nmetrics: {run_dir / 'metrics.json'}, {run_dir / 'metrics.csv'}; curves: {run_dir / 'curves.png'}")
+        print(f"\nmetrics: {run_dir / 'metrics.json'}, {run_dir / 'metrics.csv'}; curves: {run_dir / 'curves.png'}; "
+              f"model: {run_dir / 'model.pt'}")
     return results
+
+
+def _run_names(cfg: TrainConfig) -> dict[str, str]:
+    return {"paranet": f"parareal N={cfg.subnets}, K={cfg.iterations}", "original": "original"}
 
 
 def summarize(cfg: TrainConfig, info: dict[str, Any], runs: dict[str, dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
@@ -262,33 +278,50 @@ def summarize(cfg: TrainConfig, info: dict[str, Any], runs: dict[str, dict[str, 
         "max_coarse_fraction_of_subnetwork": info["max_coarse_flop_fraction"],
     }
     results: dict[str, Any] = {
-        "config": asdict(cfg), "data": data, "info": info, "runs": runs, "coarse_overhead": overhead,
-        "workers": cfg.nproc, "threads_per_worker": cfg.threads,
+        "command": "paranet train", "world_size": cfg.nproc, "threads_per_process": cfg.threads,
+        "seconds": paranet["seconds"], "final_loss": paranet["final_loss"], "test_accuracy": paranet["test_accuracy"],
+        "test_loss": paranet["test_loss"], "model_file": str(Path(cfg.out) / "model.pt"),
+        "config": config_dict(cfg), "data": data, "info": info, "runs": runs, "coarse_overhead": overhead,
     }  # fmt: skip
     if "original" in runs:
         orig = runs["original"]
         results["comparison"] = {
-            "accuracy_difference_points": 100 * (paranet["test_acc"] - orig["test_acc"]),
+            "accuracy_difference": paranet["test_accuracy"] - orig["test_accuracy"],
             "speedup_per_epoch": orig["seconds_per_epoch"] / paranet["seconds_per_epoch"],
             "params_ratio": paranet["params"] / orig["params"] if orig["params"] else float("nan"),
         }
     return results
 
 
+JSON_KEYS = ("command", "version", "world_size", "seconds", "final_loss", "test_accuracy", "test_loss", "model_file")
+
+
+def json_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` line: the key results (the whole record is metrics.json)."""
+    out = {k: results[k] for k in JSON_KEYS if k in results}
+    out["epochs"] = len(results["runs"]["paranet"]["history"])
+    out["run_folder"] = results["config"]["out"]
+    if "original" in results["runs"]:
+        o = results["runs"]["original"]
+        out["original"] = {"final_loss": o["final_loss"], "test_accuracy": o["test_accuracy"], "seconds": o["seconds"]}
+    return out
+
+
 def format_table(results: dict[str, Any]) -> str:
     cfg = results["config"]
     runs = results["runs"]
-    rows = [("network", "workers", "test acc", "params", "s/epoch", "speedup")]
+    rows = [("network", "processes", "test acc", "params", "s/epoch", "speedup")]
     base = runs.get("original", {}).get("seconds_per_epoch")
     micro = f", {cfg['micro_batches']} micro-batches" if cfg.get("micro_batches", 1) > 1 else ""  # both, trained alike
     if "original" in runs:
         o = runs["original"]
-        rows.append((f"original{micro}", "1", f"{100 * o['test_acc']:.2f}%", f"{o['params']:,}", f"{o['seconds_per_epoch']:.3f}", "1.00x"))
+        rows.append((f"original{micro}", "1", f"{100 * o['test_accuracy']:.2f}%", f"{o['params']:,}",
+                     f"{o['seconds_per_epoch']:.3f}", "1.00x"))
     p = runs["paranet"]
     speed = f"{base / p['seconds_per_epoch']:.2f}x" if base else "-"
     replicas = f" x{cfg['replicas']} replicas" if cfg.get("replicas", 1) > 1 else ""
-    rows.append((f"parareal N={cfg['subnets']} K={cfg['iterations']}{replicas}{micro}", str(cfg["nproc"]), f"{100 * p['test_acc']:.2f}%",
-                 f"{p['params']:,}", f"{p['seconds_per_epoch']:.3f}", speed))
+    rows.append((f"parareal N={cfg['subnets']} K={cfg['iterations']}{replicas}{micro}", str(cfg["nproc"]),
+                 f"{100 * p['test_accuracy']:.2f}%", f"{p['params']:,}", f"{p['seconds_per_epoch']:.3f}", speed))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -302,50 +335,8 @@ def format_table(results: dict[str, Any]) -> str:
                  f"test accuracy after epoch {len(p['history'])}")
     if "comparison" in results:
         c = results["comparison"]
-        lines.append(f"accuracy difference (parareal - original): {c['accuracy_difference_points']:+.2f} points")
+        lines.append(f"accuracy difference (parareal - original): {100 * c['accuracy_difference']:+.2f} points")
     return "\n".join(lines)
-
-
-def write_outputs(run_dir: Path, results: dict[str, Any]) -> None:
-    write_json(run_dir / "metrics.json", results)
-    keys = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "eval_seconds"]
-    with open(run_dir / "metrics.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["network", *keys])
-        for name, run in results["runs"].items():
-            for h in run["history"]:
-                writer.writerow([name, *(h[k] for k in keys)])
-    plot_curves(results, run_dir / "curves.png")
-
-
-def plot_curves(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg = results["config"]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    names = {"paranet": f"parareal N={cfg['subnets']}, K={cfg['iterations']}", "original": "original"}
-    for key, run in results["runs"].items():
-        epochs = [h["epoch"] for h in run["history"]]
-        line = ax_acc.plot(epochs, [100 * h["test_acc"] for h in run["history"]], "o-", label=f"{names[key]} (test)")[0]
-        ax_acc.plot(epochs, [100 * h["train_acc"] for h in run["history"]], "--", color=line.get_color(),
-                    label=f"{names[key]} (train)")
-        ax_loss.plot(epochs, [h["test_loss"] for h in run["history"]], "o-", color=line.get_color(), label=f"{names[key]} (test)")
-        ax_loss.plot(epochs, [h["train_loss"] for h in run["history"]], "--", color=line.get_color(),
-                     label=f"{names[key]} (train)")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy loss")
-    ax_loss.set_yscale("log")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{cfg['model']} on {cfg['dataset']}")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
 
 
 def _info_shape(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
@@ -370,14 +361,13 @@ def _info_shape(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    if args.subnets < 1:
-        raise ValueError(f"--subnets must be >= 1, got {args.subnets}")
-    if args.iterations < 1:
-        raise ValueError(f"--K must be >= 1, got {args.iterations}")
-    shape, classes = _info_shape(args)
     cfg = TrainConfig(model=args.model, subnets=args.subnets, iterations=args.iterations, balance=args.balance or "flops",
                       coarse=args.coarse, coarse_width=args.coarse_width, depth=args.depth, width=args.width,
-                      input_shape=list(shape), num_classes=classes)
+                      image_size=args.image_size)
+    validate_network(cfg)
+    at_least("--num-classes", args.num_classes, 1)
+    shape, classes = _info_shape(args)
+    cfg.input_shape, cfg.num_classes = list(shape), classes
     net = build_paranet(cfg)
     if args.json:
         print(json.dumps(net.info()))
@@ -391,7 +381,10 @@ def run(args: argparse.Namespace) -> int:
     if args.paranet_command == "info":
         return run_info(args)
     cfg = config_from_args(args)
-    run_training(cfg, compare=args.compare, resume=args.resume, overwrite=args.overwrite)
+    hooks = parse_training_fault(args.inject_fault)
+    results = run_training(cfg, compare=args.compare, resume=args.resume, overwrite=args.overwrite, hooks=hooks)
+    if results and args.json:
+        print_json_line(json_summary(results))
     sys.stdout.flush()
     return 0
 
@@ -431,13 +424,13 @@ def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         "",
         "| network | workers | test accuracy | parameters | s/epoch (median) | speedup |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| original | 1 | {100 * o['test_acc']:.2f}% | {o['params']:,} | {o['seconds_per_epoch']:.2f} | 1.00x |",
-        (f"| parareal N={cfg.subnets} | {cfg.nproc} | {100 * p['test_acc']:.2f}% | {p['params']:,} | "
+        f"| original | 1 | {100 * o['test_accuracy']:.2f}% | {o['params']:,} | {o['seconds_per_epoch']:.2f} | 1.00x |",
+        (f"| parareal N={cfg.subnets} | {cfg.nproc} | {100 * p['test_accuracy']:.2f}% | {p['params']:,} | "
         f"{p['seconds_per_epoch']:.2f} | {results['comparison']['speedup_per_epoch']:.2f}x |"),
         "",
         (f"Coarse-network overhead: +{100 * results['coarse_overhead']['coarse_param_fraction']:.1f}% parameters, "
         f"{100 * results['coarse_overhead']['coarse_mac_fraction']:.1f}% of the original's multiply-adds per forward pass. "
-        f"Accuracy difference: {results['comparison']['accuracy_difference_points']:+.2f} points "
+        f"Accuracy difference: {100 * results['comparison']['accuracy_difference']:+.2f} points "
         f"(one seed, {cfg.epochs} epochs; `benchmarks/accuracy_paranet.py` averages 3 seeds)."),
         "",
         "![parareal vs original](paranet/curves.png)",

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from torchpint.cli.options import at_least
 from torchpint.engine import MGRIT, ReversedComm, default_comm, time_grid
 from torchpint.engine.problem import Problem
+from torchpint.errors import ConfigError
 from torchpint.problems import Brusselator, Dahlquist, Heat1D, default_rhs
-from torchpint.problems.faults import FaultyProblem
+from torchpint.testing.faults import FaultyProblem
+from torchpint.run.launch import launch, world_size
+from torchpint.run.launch import rank as launch_rank
+from torchpint.run.report import print_json_line
 
 PROBLEMS = ("dahlquist", "heat1d", "brusselator")
 
@@ -140,7 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept nt whose last C-interval is partial (as PyMGRIT)")
     parser.add_argument("--coarse-storage", default="all", choices=("all", "c"),
                         help="keep every point, or only C-points, on the intermediate coarse levels")
-    parser.add_argument("--nproc", type=int, default=1, help="time-parallel processes")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="time-parallel processes (default 1; under torchrun, torchrun's world size)")
     parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
     parser.add_argument("--x-start", type=float, default=0.0)
     parser.add_argument("--x-end", type=float, default=2.0)
@@ -191,38 +195,35 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
+def validate(config: SolveConfig) -> None:
+    """The options the engine does not check itself (it checks the grid, levels, tolerances ...)."""
+    if len(config.cf) not in (1, max(config.levels - 1, 1)):
+        raise ConfigError(f"--cf must be one factor or one per coarsening (--levels {config.levels}: "
+                          f"{config.levels - 1}), got {len(config.cf)}: {','.join(map(str, config.cf))}")
+    for factor in config.cf:
+        at_least("--cf", factor, 2)
+    if config.problem == "heat1d":
+        at_least("--nx", config.nx, 4, why="heat1d needs at least 2 interior points")
+    at_least("--max-iter", config.max_iter, 1)
 
+
+def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    # Validate everything here, before any worker starts: bad input never reaches a worker.
+    validate(config)
+    # Everything is checked here, before any worker starts: bad input never reaches a worker.
     build_solver(config)
-    torchrun = launched_by_torchrun()
-    nproc = int(os.environ["WORLD_SIZE"]) if torchrun else args.nproc
-    if nproc > config.nt:
-        raise ValueError(f"{nproc} processes are more than the {config.nt} time points")
-    lead = not torchrun or os.environ.get("RANK") == "0"
+    size = world_size(args.nproc, allowed=lambda n: None if n <= config.nt else f"more processes than the {config.nt} time points")
+    lead = launch_rank() == 0
     if lead:
         print(
             f"torchpint solve {config.problem}: nt={config.nt}, levels={config.levels}, "
             f"cf={config.cf_list()[: config.levels - 1]}, relax={config.relax}, cycle={config.cycle}, "
-            f"nested={config.nested}, tol={config.tol:g}, nproc={nproc}",
+            f"nested={config.nested}, tol={config.tol:g}, world size {size}",
             flush=True,
         )
-    if torchrun:
-        init_from_env()
-        try:
-            summary = solve_worker(config)
-        finally:
-            torch.distributed.destroy_process_group()
-        if not lead:
-            return 0
-    elif args.nproc > 1:
-        summary = run_workers(solve_worker, args.nproc, (config,))[0]
-    else:
-        summary = solve_worker(config)
+    summary = launch(solve_worker, (config,), nproc=size)
+    if not lead:
+        return 0
     status = "converged" if summary["converged"] else "not converged"
     print(
         f"{status} after {summary['iterations']} iterations in {summary['seconds']:.3f} s "
@@ -231,11 +232,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from torchpint.cli.plots import plot_residuals
 
-        plot_residuals({f"MGRIT, {nproc} proc.": summary["residuals"]}, args.plot, title=f"{config.problem}")
+        plot_residuals({f"MGRIT, {size} proc.": summary["residuals"]}, args.plot, title=f"{config.problem}")
         print(f"convergence plot: {args.plot}")
     if args.json:
-        summary["config"] = asdict(config)
-        summary["nproc"] = nproc
-        print(json.dumps(summary), flush=True)
+        print_json_line({"command": "solve", "world_size": size, **summary, "config": asdict(config)})
     sys.stdout.flush()
     return 0

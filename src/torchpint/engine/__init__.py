@@ -2,7 +2,7 @@
 
 from torchpint.engine.comm import Comm, DistComm, ReversedComm, SerialComm, default_comm
 from torchpint.engine.grid import GridError
-from torchpint.engine.mgrit import MGRIT, ConfigError, NonFiniteError, parse_relax, time_grid
+from torchpint.engine.mgrit import MGRIT, ConfigError, NonFiniteError, parse_relax, sequential_pass, time_grid
 from torchpint.engine.parareal import Parareal
 from torchpint.engine.problem import BatchedProblem, Problem, step_batch
 from torchpint.engine.result import SolveResult
@@ -22,6 +22,7 @@ __all__ = [
     "SolveResult",
     "default_comm",
     "parse_relax",
+    "sequential_pass",
     "step_batch",
     "time_grid",
 ]

@@ -24,6 +24,7 @@ same global layout which messages exist, in the same order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -40,6 +41,8 @@ class Comm(Protocol):
 
     def recv(self, template: State, src: int) -> State: ...
 
+    def irecv(self, template: State, src: int) -> PendingRecv: ...
+
     def wait_sends(self) -> None: ...
 
     def sum(self, value: torch.Tensor) -> torch.Tensor: ...
@@ -55,6 +58,20 @@ class Comm(Protocol):
     def gather_object(self, obj: object, dst: int = 0) -> list[object] | None: ...
 
 
+@dataclass
+class PendingRecv:
+    """A receive posted with ``irecv``: ``wait()`` gives the state once it has arrived."""
+
+    work: dist.Work | None
+    buffer: torch.Tensor
+    template: State
+
+    def wait(self) -> State:
+        if self.work is not None:
+            self.work.wait()
+        return unflatten(self.buffer.to(flatten(self.template).device), self.template)
+
+
 class SerialComm:
     """One rank: every exchange is a no-op (there is no other rank to talk to)."""
 
@@ -65,6 +82,9 @@ class SerialComm:
         raise RuntimeError("SerialComm has no other rank to send to")
 
     def recv(self, template: State, src: int) -> State:  # pragma: no cover - never called
+        raise RuntimeError("SerialComm has no other rank to receive from")
+
+    def irecv(self, template: State, src: int) -> PendingRecv:  # pragma: no cover - never called
         raise RuntimeError("SerialComm has no other rank to receive from")
 
     def wait_sends(self) -> None:
@@ -175,6 +195,12 @@ class DistComm:
         dist.recv(buffer, self._global(src), group=self.group)
         return unflatten(buffer.to(flat.device), template)
 
+    def irecv(self, template: State, src: int) -> PendingRecv:
+        """Post a receive and return at once (matched in posting order, as ``recv``)."""
+        flat = flatten(template)
+        buffer = torch.empty(flat.numel(), dtype=flat.dtype, device=self.device)
+        return PendingRecv(dist.irecv(buffer, self._global(src), group=self.group), buffer, template)
+
     def wait_sends(self) -> None:
         for work in self._pending:
             work.wait()
@@ -220,6 +246,9 @@ class ReversedComm:
 
     def recv(self, template: State, src: int) -> State:
         return self.inner.recv(template, self._map(src))
+
+    def irecv(self, template: State, src: int) -> PendingRecv:
+        return self.inner.irecv(template, self._map(src))
 
     def wait_sends(self) -> None:
         self.inner.wait_sends()

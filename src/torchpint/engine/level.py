@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from torchpint.engine.comm import Comm
+from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
-from torchpint.engine.problem import Problem, step_batch
+from torchpint.engine.problem import Problem, step_batch, step_batch_into
 from torchpint.engine.state import State, add, length, take, tree_map
 from torchpint.engine.timing import PhaseTimer
 
@@ -42,43 +42,46 @@ class Level:
     steps_taken: int = field(default=0)
 
     # ------------------------------------------------------------------ stepping
-    def phi(self, u: State, first: int, count: int, stride: int = 1) -> State:
-        """Step the stacked states ``u`` from the global points ``first + k*stride`` to the next point."""
+    def phi(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
+        """Step the stacked states ``u`` from the global points ``first + k*stride`` to the next point.
+
+        ``out``: where to write the result (e.g. a view of ``self.u``; must not overlap ``u``);
+        default a new state.
+        """
         t = self.layout.t
-        idx = slice(first, first + count * stride, stride)
-        t0 = t[idx]
+        t0 = t[first : first + count * stride : stride]
         t1 = t[first + 1 : first + 1 + count * stride : stride]
         self.steps_taken += count
         with self.timer.phase("step"):
-            return step_batch(self.problem, u, t0, t1)
+            if out is None:
+                return step_batch(self.problem, u, t0, t1)
+            step_batch_into(self.problem, u, t0, t1, out)
+            return out
 
     def stored_states(self) -> int:
         """How many states this level holds on this rank (``u`` and ``g``)."""
         return sum(length(x) for x in (self.u, self.g) if x is not None)
 
-    def phi_plus_g(self, u: State, first: int, count: int, stride: int = 1) -> State:
-        """``Phi(u) + g`` at the points that follow ``first + k*stride`` (the level's equation)."""
-        out = self.phi(u, first, count, stride)
+    def phi_plus_g(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
+        """``Phi(u) + g`` at the points that follow ``first + k*stride`` (the level's equation); ``out`` as in :meth:`phi`."""
+        result = self.phi(u, first, count, stride, out)
         if self.g is None:
-            return out
+            return result
         lo = self.layout.lo
         g = take(self.g, slice(first + 1 - lo, first + 1 - lo + count * stride, stride))
-        return add(out, g)
+        if out is None:
+            return add(result, g)  # the problem's result may not be ours to modify
+        tree_map(torch.Tensor.add_, out, g)
+        return out
 
     # ------------------------------------------------------------------ halo
-    def halo(self, values: State, needs: Callable[[int], bool]) -> State | None:
-        """Send this rank's last point forward; receive the point before this rank's first.
-
-        ``needs(boundary)`` says whether the rank whose first point is the global index
-        ``boundary`` needs the point before it.  The sender evaluates it at its ``hi``, the
-        receiver at its ``lo`` (the same index), so a message is posted exactly when the other
-        side waits for it.  Sends are non-blocking and always go forward in time: no deadlock.
-        """
-        self.send_last(values, needs)
-        return self.recv_halo(needs)
-
+    # The halo: a rank sends its last point forward to the next non-empty rank, which receives it
+    # as the point before its first.  ``needs(boundary)`` says whether the rank whose first point
+    # is the global index ``boundary`` needs the point before it; the sender evaluates it at its
+    # ``hi``, the receiver at its ``lo`` (the same index), so a message is posted exactly when the
+    # other side waits for it.  Sends are non-blocking and always go forward in time: no deadlock.
     def send_last(self, values: State, needs: Callable[[int], bool]) -> None:
-        """The sending half of :meth:`halo` (for exchanges that must wait for local work)."""
+        """Send the last point of the stacked ``values`` (this rank's points) if the next rank needs it."""
         self.send_point(take(values, self.layout.n_local - 1), needs)
 
     def send_point(self, value: State, needs: Callable[[int], bool]) -> None:
@@ -89,16 +92,21 @@ class Level:
                 self.comm.send(value, nxt)
 
     def recv_halo(self, needs: Callable[[int], bool]) -> State | None:
-        """The receiving half of :meth:`halo`."""
+        """The point before this rank's first, if this rank needs it (blocking)."""
         prev = self.layout.prev_owner()
         if prev is None or not needs(self.layout.lo):
             return None
         with self.timer.phase("comm"):
             return self.comm.recv(self.template, prev)
 
+    def post_halo(self, needs: Callable[[int], bool]) -> PendingRecv | None:
+        """:meth:`recv_halo` posted without waiting: work that does not need the halo goes on meanwhile."""
+        prev = self.layout.prev_owner()
+        if prev is None or not needs(self.layout.lo):
+            return None
+        return self.comm.irecv(self.template, prev)
 
-def cat_points(first: State | None, rest: State) -> State:
-    """Prepend one single state to a stacked state."""
-    if first is None:
-        return rest
-    return tree_map(lambda a, b: torch.cat([a.unsqueeze(0), b]), first, rest)
+    def wait_halo(self, pending: PendingRecv) -> State:
+        with self.timer.phase("comm"):
+            return pending.wait()
+

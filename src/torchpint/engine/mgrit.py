@@ -42,6 +42,7 @@ from torchpint.engine.state import (
     batch_sq_norms,
     expand,
     flatten,
+    length,
     put,
     take,
     tree_map,
@@ -190,6 +191,11 @@ class MGRIT:
     def num_levels(self) -> int:
         return len(self.grids)
 
+    @property
+    def owned(self) -> range:
+        """The finest-level points this rank owns (``guess`` and ``snapshot`` blocks hold these)."""
+        return range(self.layouts[0].lo, self.layouts[0].hi)
+
     def options(self) -> dict[str, Any]:
         return {
             "nt": int(self.grids[0].numel()),
@@ -271,26 +277,56 @@ class MGRIT:
         return math.sqrt(float(self.comm.sum(local))), cached
 
     # ------------------------------------------------------------------ solve
-    def solve(self, u0: State | None = None) -> SolveResult:
-        """Run MGRIT from ``u0`` (default: ``problem.initial_value()``)."""
+    def solve(
+        self,
+        u0: State | None = None,
+        *,
+        guess: State | None = None,
+        done: Sequence[float] = (),
+        snapshot: Callable[[int, State], None] | None = None,
+    ) -> SolveResult:
+        """Run MGRIT from ``u0`` (default: ``problem.initial_value()``).
+
+        Args:
+            guess: this rank's block of the finest level (the points :attr:`owned`, stacked)
+                to start from instead of ``u0`` then zeros; nested iteration is skipped.
+            done: with ``guess``, the residual history of the iterations that produced it: the
+                solve continues at iteration ``len(done) + 1`` exactly as the uninterrupted
+                solve would have (no leading F-relaxation, ``rtol`` against ``done[0]``), so a
+                solve resumed from a snapshot gives the same residuals and solution.
+            snapshot: called on every rank after each iteration (after ``callback``) with the
+                iteration and this rank's block of the finest level (a view: copy what you keep).
+        """
         if u0 is None:
             initial = getattr(self.problems[0], "initial_value", None)
             if initial is None:
                 raise ConfigError("no u0 given and the problem has no initial_value()")
             u0 = initial()
+        if done and guess is None:
+            raise ConfigError("continuing a solve (done) needs the trajectory it reached (guess)")
         timer = PhaseTimer()
         start = time.perf_counter()
         levels = self._setup(u0, timer)
-        if self.nested and self.num_levels > 1:
+        if guess is not None:
+            self._use_guess(levels[0], guess)
+        elif self.nested and self.num_levels > 1:
             with timer.phase("nested"):
                 self._nested_iteration(levels)
         setup_seconds = time.perf_counter() - start
 
-        residuals: list[float] = []
-        converged = False
+        residuals: list[float] = [float(r) for r in done]
+        converged = bool(residuals) and self._converged(residuals)
         start = time.perf_counter()
         cached: Cached | None = None
-        for iteration in range(1, self.max_iter + 1):
+        if residuals and not converged:
+            # The uninterrupted solve enters the next cycle with the C-point images of its
+            # residual check; recomputing them (the same sweep) keeps the iteration identical.
+            with timer.phase("residual"):
+                _, cached = self._residual_norm(levels[0])
+            self.comm.wait_sends()
+        for iteration in range(len(residuals) + 1, self.max_iter + 1):
+            if converged:
+                break
             self._cycle(levels, 0, self.cycle, first_f=iteration == 1, cached=cached)
             with timer.phase("residual"):
                 norm, cached = self._residual_norm(levels[0])
@@ -302,9 +338,10 @@ class MGRIT:
             factor = norm / residuals[-2] if len(residuals) > 1 and residuals[-2] > 0 else None
             if self.callback is not None:
                 self.callback(iteration, norm, factor)
-            if norm < self.tol or (self.rtol > 0 and norm < self.rtol * residuals[0]):
-                converged = True
-                break
+            converged = self._converged(residuals)
+            if snapshot is not None:
+                assert levels[0].u is not None
+                snapshot(iteration, levels[0].u)
         solve_seconds = time.perf_counter() - start
 
         t, u = self._collect(levels[0])
@@ -321,6 +358,19 @@ class MGRIT:
             states_per_level=[level.stored_states() for level in levels],
             options=self.options(),
         )
+
+    def _converged(self, residuals: list[float]) -> bool:
+        norm = residuals[-1]
+        return norm < self.tol or (self.rtol > 0 and norm < self.rtol * residuals[0])
+
+    def _use_guess(self, finest: Level, guess: State) -> None:
+        expected = finest.layout.n_local
+        if length(guess) != expected:
+            raise ConfigError(
+                f"the initial guess holds {length(guess)} points, this rank owns {expected} "
+                f"(points {finest.layout.lo}..{finest.layout.hi - 1})"
+            )
+        finest.u = tree_map(lambda g, u: g.to(dtype=u.dtype, device=u.device).clone(), guess, finest.u)
 
     # ------------------------------------------------------------------ output
     def _collect(self, finest: Level) -> tuple[torch.Tensor, State]:
@@ -348,3 +398,43 @@ class MGRIT:
         if self.store == "c" and m is not None:
             return range(-(-lo // m) * m, hi, m)
         return range(lo, hi)
+
+
+def sequential_pass(
+    problem: Problem,
+    t: torch.Tensor | Sequence[float],
+    u0: State,
+    *,
+    comm: Comm | None = None,
+    partition: Sequence[tuple[int, int]] | None = None,
+) -> SolveResult:
+    """Step through the grid once, point after point, pipelined over the ranks: the exact solution.
+
+    What MGRIT does on its coarsest level, as a solve of its own; ``MGRIT(levels=1)`` would add
+    a residual check, i.e. a second pass.  The result holds this rank's block only (the points
+    of ``partition[rank]``, default balanced blocks), ``iterations`` 1 and no residuals.
+    """
+    comm = comm if comm is not None else default_comm()
+    start = time.perf_counter()
+    grid = torch.as_tensor(t, dtype=torch.float64)
+    timer = PhaseTimer()
+    (layout,) = layouts(coarsen(grid, [], 1), [], comm.rank, comm.size, list(partition) if partition else None)
+    level = Level(0, layout, problem, comm, timer, template=u0)
+    level.u = tree_map(torch.zeros_like, expand(u0, layout.n_local))
+    if layout.lo == 0 and layout.n_local > 0:
+        put(level.u, 0, u0)
+    sequential_solve(level)
+    comm.wait_sends()
+    return SolveResult(
+        t=layout.t[layout.lo : layout.hi],
+        u=level.u,
+        residuals=[],
+        iterations=1,
+        converged=True,
+        setup_seconds=0.0,
+        solve_seconds=time.perf_counter() - start,
+        phase_seconds=timer.as_dict(),
+        steps_per_level=[level.steps_taken],
+        states_per_level=[level.stored_states()],
+        options={"nt": layout.n, "levels": 1, "nproc": comm.size},
+    )

@@ -11,6 +11,9 @@ Two optional additions, both used by the engine when present:
   shape ``(batch,)``.  F-relaxation, C-relaxation and the FAS restriction are parallel over
   intervals, and this is where a single process (or a single GPU) gets its time-parallel
   speed: one call advances every interval by one step.
+* ``step_batch_into(u, t_start, t_stop, out)``: the same, written into ``out`` (a stacked state
+  of ``u``'s structure, often a strided view of the engine's trajectory that does not overlap
+  ``u``) instead of a new state: the engine then never copies a step's result.
 * ``initial_value()``: the state at ``t_start``, used when ``solve()`` is given none.
 
 A solver accepts one problem for every level (the coarse levels then use the same stepper
@@ -24,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from torchpint.engine.state import State, length, stack, take
+from torchpint.engine.state import State, length, put, stack, take
 
 
 @runtime_checkable
@@ -44,6 +47,15 @@ def step_batch(problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.
     return stack(
         [problem.step(take(u, i), float(t_start[i]), float(t_stop[i])) for i in range(n)]
     )
+
+
+def step_batch_into(problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.Tensor, out: State) -> None:
+    """:func:`step_batch` written into ``out`` (the problem's ``step_batch_into`` if it has one)."""
+    into = getattr(problem, "step_batch_into", None)
+    if into is not None:
+        into(u, t_start, t_stop, out)
+    else:
+        put(out, slice(None), step_batch(problem, u, t_start, t_stop))
 
 
 class BatchedProblem:

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torchpint.engine.level import Level, cat_points
-from torchpint.engine.state import State, axpby, cat, put, stack, sub, take
+from torchpint.engine.level import Level
+from torchpint.engine.state import State, axpby, cat, empty_stack, put, stack, sub, take
 
 
 def _first_local_c(level: Level) -> int:
@@ -50,47 +50,55 @@ def f_relax(level: Level) -> None:
                 if count == 0:
                     break
                 prev = take(u, slice(fc + j - 1, fc + j - 1 + count * m, m))
-                put(u, slice(fc + j, n, m), level.phi_plus_g(prev, lo + fc + j - 1, count, m))
+                level.phi_plus_g(prev, lo + fc + j - 1, count, m, out=take(u, slice(fc + j, n, m)))
             level.send_last(u, needs)  # our last interval may continue on the next rank
         if leading > 0:
             # The tail of an interval that began on an earlier rank: wait for its last point.
             before = level.recv_halo(needs)
             assert before is not None
             for i in range(leading):
-                src = before if i == 0 else take(u, i - 1)
-                put(u, i, take(level.phi_plus_g(stack([src]), lo + i - 1, 1), 0))
+                src = stack([before]) if i == 0 else take(u, slice(i - 1, i))
+                level.phi_plus_g(src, lo + i - 1, 1, out=take(u, slice(i, i + 1)))
             if fc >= n:
                 level.send_last(u, needs)
 
 
 def point_images(
-    level: Level, values: State, every_point: bool = False, with_g: bool = True
+    level: Level, values: State, every_point: bool = False, with_g: bool = True, into: State | None = None
 ) -> tuple[slice, State] | None:
     """``Phi(values_{i-1}) (+ g_i)`` at the local C-points ``i >= 1`` (or every point ``i >= 1``).
 
     Needs the halo when this rank's first target is its first point.  Returns the local
     slice of the targets and the stacked images, or None if this rank has no target.
+    ``into``: a stacked state of the local points (e.g. ``values`` itself, when only targets
+    change) into whose targets the images are written; the returned images are then that view.
     """
     layout = level.layout
     n, lo = layout.n_local, layout.lo
-    m = 1 if every_point or layout.m is None else layout.m
-    needs = lambda boundary: boundary % m == 0  # the next rank starts at a target
-    halo = level.halo(values, needs) if n > 0 else None
     if n == 0:
         return None
+    m = 1 if every_point or layout.m is None else layout.m
+    needs = lambda boundary: boundary % m == 0  # the next rank starts at a target
+    level.send_last(values, needs)
+    pending = level.post_halo(needs)  # only for the first target: the others are stepped meanwhile
     first = -(-lo // m) * m - lo  # local index of the first target
     start = first if lo + first > 0 else first + m  # global point 0 is the initial value
     count = len(range(start, n, m))
     if count == 0:
         return None
-    if start == 0:
-        assert halo is not None
-        rest = take(values, slice(m - 1, m - 1 + (count - 1) * m, m))
-        prev = cat_points(halo, rest)
-    else:
-        prev = take(values, slice(start - 1, start - 1 + count * m, m))
     step = level.phi_plus_g if with_g else level.phi
-    return slice(start, n, m), step(prev, lo + start - 1, count, m)
+    where = slice(start, n, m)
+    targets = take(into, where) if into is not None else empty_stack(level.template, count)
+    if pending is None:
+        step(take(values, slice(start - 1, start - 1 + count * m, m)), lo + start - 1, count, m, out=targets)
+        return where, targets
+    # start == 0: the first target's predecessor is the halo, the others' are local.
+    if count > 1:
+        prev = take(values, slice(m - 1, m - 1 + (count - 1) * m, m))
+        step(prev, lo + m - 1, count - 1, m, out=take(targets, slice(1, None)))
+    halo = level.wait_halo(pending)
+    step(stack([halo]), lo - 1, 1, out=take(targets, slice(0, 1)))
+    return where, targets
 
 
 Images = tuple[slice, State]  # (C-indices, stacked values at them)
@@ -215,6 +223,10 @@ def c_relax(level: Level, weight: float = 1.0, cached: Cached | None = None) -> 
     """
     assert level.u is not None
     with level.timer.phase("c_relax"):
+        if cached is None and weight == 1.0 and not level.c_only:
+            # The images are the new C-points: step straight into them (the F-points read are disjoint).
+            point_images(level, level.u, into=level.u)
+            return
         images = c_images(level) if cached is None else cached.images
         if images is None:
             return
@@ -246,7 +258,10 @@ def sequential_solve(level: Level) -> None:
         for i in range(n):
             if lo + i == 0:
                 continue
-            src = before if i == 0 else take(u, i - 1)
-            assert src is not None  # the previous rank's last point (received above)
-            put(u, i, take(level.phi_plus_g(stack([src]), lo + i - 1, 1), 0))
+            if i == 0:
+                assert before is not None  # the previous rank's last point (received above)
+                src = stack([before])
+            else:
+                src = take(u, slice(i - 1, i))
+            level.phi_plus_g(src, lo + i - 1, 1, out=take(u, slice(i, i + 1)))
         level.send_last(u, always)

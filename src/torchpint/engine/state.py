@@ -92,6 +92,11 @@ def expand(state: State, n: int) -> State:
     return tree_map(lambda x: x.unsqueeze(0).repeat(n, *([1] * x.dim())), state)
 
 
+def empty_stack(state: State, n: int) -> State:
+    """Uninitialised storage for ``n`` points shaped like ``state`` (to be written into)."""
+    return tree_map(lambda x: x.new_empty((n, *x.shape)), state)
+
+
 def length(stacked: State) -> int:
     """Number of points in a stacked state."""
     return int(leaves(stacked)[0].shape[0])

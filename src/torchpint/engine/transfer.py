@@ -18,29 +18,32 @@ from __future__ import annotations
 import torch
 
 from torchpint.engine.level import Level
-from torchpint.engine.relax import Cached, c_residual, c_slice, c_values, implicit_sweep, point_images, put_c
-from torchpint.engine.state import State, add, clone, put, sub, take, tree_map
+from torchpint.engine.relax import Cached, c_images, c_slice, c_values, implicit_sweep, point_images, put_c
+from torchpint.engine.state import State, put, take, tree_map
 
 
 def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
     """Inject the fine approximation and build the coarse FAS right-hand side.
 
     ``cached``: the fine level's ``c_images`` for its current ``u``, if the caller has them.
+    The coarse ``u`` and ``g`` are rewritten in the storage they already have (no allocation);
+    the arithmetic is ``g = r + (v - Phi_c(v))`` in the order of the module note (bitwise as before).
     """
+    assert coarse.u is not None and coarse.g is not None
     with fine.timer.phase("restrict"):
-        residual = c_residual(fine, cached)
-        v = clone(c_values(fine))  # the coarse level's points, all of them
-        coarse.g = tree_map(torch.zeros_like, v)
-        coarse.u = clone(take(v, c_slice(coarse))) if coarse.c_only else v
+        images = c_images(fine) if cached is None else cached.images
+        v = c_values(fine)  # the coarse level's points, all of them (a view of the fine level)
+        put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
         if coarse.layout.n_local == 0:
             return
+        tree_map(torch.Tensor.zero_, coarse.g)
         tau = point_images(coarse, v, every_point=True, with_g=False)
-        if residual is not None:
-            where, r = residual  # fine C-index k is coarse local point k
-            put(coarse.g, where, r)
+        if images is not None:
+            where, image = images  # fine C-index k is coarse local point k
+            tree_map(lambda g, a, b: torch.sub(a, b, out=g), take(coarse.g, where), image, take(v, where))
         if tau is not None:
             where, image = tau
-            put(coarse.g, where, add(take(coarse.g, where), sub(take(v, where), image)))
+            tree_map(lambda g, a, b: g.add_(torch.sub(a, b)), take(coarse.g, where), take(v, where), image)
 
 
 def correct(fine: Level, coarse: Level) -> None:

@@ -152,13 +152,13 @@ def warm_start_iterations(
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from torchpint.layerpar.train import TrainConfig, build_network, load_data
+    from torchpint.layerpar.train import LayerParallelConfig, build_layer_parallel_resnet, load_layer_parallel_data
 
-    config = TrainConfig(dataset="digits", arch="mlp", width=128, layers=64, T=1.0, levels=3, cf=4, nested=False,
+    config = LayerParallelConfig(dataset="digits", arch="mlp", width=128, layers=64, T=1.0, levels=3, cf=4, nested=False,
                          fwd_max_iter=30, bwd_max_iter=30, fwd_tol=tol, bwd_tol=tol, batch=128, lr=0.05,
                          momentum=0.9, dtype="float32", seed=seed)
-    data = load_data(config)
-    net = build_network(config, data.input_shape, data.num_classes)
+    data = load_layer_parallel_data(config)
+    net = build_layer_parallel_resnet(config, data.input_shape, data.num_classes)
     net.warm_start = warm_start
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
     # drop_last: every batch has the same shape (a smaller last batch would start cold)

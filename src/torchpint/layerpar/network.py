@@ -371,10 +371,13 @@ class LayerParallel(nn.Module):
             options = self.bwd if adjoint else self.fwd
             mgrit = _WarmMGRIT(
                 problem, grid, levels=self.levels, cf=self.cf, relax=self.relax, cycle=self.cycle,
-                nested=self.nested and guess is None, tol=options["tol"], rtol=options["rtol"],
-                max_iter=int(options["max_iter"]), comm=comm, gather=False, partition=partition, guess=guess,
+                nested=self.nested, tol=options["tol"], rtol=options["rtol"], max_iter=int(options["max_iter"]),
+                comm=comm, gather=False, partition=partition,
             )
-            result = mgrit.solve(u0)
+            if guess is not None and partition[comm.rank][0] == 0:
+                guess = guess.clone()
+                guess[0] = u0  # the previous solution, but this call's initial value
+            result = mgrit.solve(u0, guess=guess)  # a guess replaces the zeros (and nested iteration)
             level = mgrit.finest
             before = level.steps_taken
             with level.timer.phase("last_sweep"):
@@ -727,23 +730,16 @@ class _ShareOutput(torch.autograd.Function):
 
 
 class _WarmMGRIT(MGRIT):
-    """The engine's MGRIT started, if given a ``guess``, from this rank's block of a whole trajectory
-    (a warm start) instead of zeros; it keeps its finest level and the C-point images of its last
-    residual evaluation for the last sweep."""
+    """The engine's MGRIT, keeping its finest level and the C-point images of its last residual
+    evaluation for the last sweep."""
 
-    def __init__(self, *args: Any, guess: torch.Tensor | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.guess = guess
         self.cached: Cached | None = None
 
     def _setup(self, u0: State, timer: PhaseTimer) -> list[Level]:
         levels = super()._setup(u0, timer)
         self.finest = levels[0]
-        if self.guess is not None:
-            assert isinstance(self.finest.u, torch.Tensor)
-            self.finest.u.copy_(self.guess)
-            if self.finest.layout.lo == 0:
-                put(self.finest.u, 0, u0)
         return levels
 
     def _residual_norm(self, finest: Level) -> tuple[float, Cached]:

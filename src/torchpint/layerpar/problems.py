@@ -60,22 +60,25 @@ class LayerBank:
         """The step layer with ``params`` on one state."""
         return functional_call(self.template, params, (x,))
 
-    def step(self, ids: list[int], u: torch.Tensor, scale: list[float], record: Linearisation | None = None) -> torch.Tensor:
-        """``u[i] + scale[i] f_{ids[i]}(u[i])`` for every ``i``; with ``record``, each ``f`` is kept with its graph."""
+    def step(
+        self, ids: list[int], u: torch.Tensor, scale: list[float], out: torch.Tensor, record: Linearisation | None = None
+    ) -> None:
+        """``out[i] = u[i] + scale[i] f_{ids[i]}(u[i])`` for every ``i``; with ``record``, each ``f`` is
+        kept with its graph."""
         missing = sorted({k for k in ids if k not in self.modules})
         if missing:
             raise RuntimeError(f"internal error: layers {missing} are not available on this rank")
         if record is None and self.vmap:
             f = vmap(self.f)(self.stacked(ids), u)
             check_step_shape(u[0], f[0])
-            return u + torch.tensor(scale, dtype=u.dtype, device=u.device).view(-1, *([1] * (u.dim() - 1))) * f
-        out = torch.empty_like(u)
+            torch.addcmul(u, torch.tensor(scale, dtype=u.dtype, device=u.device).view(-1, *([1] * (u.dim() - 1))), f,
+                          out=out)
+            return
         with torch.no_grad():
             for k, x, s, y in zip(ids, u.unbind(0), scale, out.unbind(0)):  # unbind: one call for all views
                 f = record.step(self, k, x) if record is not None else self.modules[k](x)
                 check_step_shape(x, f)
                 torch.add(x, f, alpha=s, out=y)  # one pass, straight into the result
-        return out
 
     def trainable(self, k: int) -> list[nn.Parameter]:
         """Layer ``k``'s parameters that want gradients (frozen ones get zeros)."""
@@ -209,11 +212,16 @@ class ForwardProblem(BatchedProblem):
         self.record = self.linearisation if on and self.linearise else None
 
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(u)
+        self.step_batch_into(u, t_start, t_stop, out)
+        return out
+
+    def step_batch_into(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor) -> None:
+        """The steps written straight into ``out`` (the engine's trajectory): no copy."""
         first, span = _steps(self.h, t_start, t_stop)
-        out = self.bank.step(first, u, [n * self.h for n in span], self.record)
+        self.bank.step(first, u, [n * self.h for n in span], out, self.record)
         if self.tracker is not None:
             self.tracker.record(first, span, u, out)
-        return out
 
 
 class AdjointProblem(BatchedProblem):
@@ -239,9 +247,14 @@ class AdjointProblem(BatchedProblem):
         self.collect = on
 
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(u)
+        self.step_batch_into(u, t_start, t_stop, out)
+        return out
+
+    def step_batch_into(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor) -> None:
+        """The steps written straight into ``out`` (the engine's trajectory): no copy."""
         s0, span = _steps(self.h, t_start, t_stop)
         ids = [self.layers - s - n for s, n in zip(s0, span)]  # the forward step from point k to k + span
-        out = torch.empty_like(u)
         states, results = u.unbind(0), out.unbind(0)
         # The adjoint is linear: a zero state steps to zero (and gives zero parameter gradients).
         # From a cold start most states of the first iteration are exactly zero; one reduction
@@ -267,4 +280,3 @@ class AdjointProblem(BatchedProblem):
                     self.grads[k] = [self.h * x for x in g]
         if self.tracker is not None:
             self.tracker.record(ids, span, u, out)
-        return out

@@ -2,7 +2,7 @@
 
 ``gradient_case`` builds the same network and batch in any process from a
 small picklable spec; ``distributed_gradients`` (run on every rank with
-:func:`torchpint.dist.run_workers`) returns each rank's gradients under the
+:func:`torchpint.run.launch.run_workers`) returns each rank's gradients under the
 full network's parameter names, to compare with ``serial_gradients``.
 With ``replicas = R`` the world holds R parareal networks, each on its
 shard of the batch, that average their gradients: every replica's

@@ -46,8 +46,8 @@ Design (one *hub* and ``N - 1`` *workers*, world size ``N``):
   group and average their gradients with one flattened all-reduce right
   after their own backward pass, before their optimizer step: every
   replica then holds the gradient of the whole batch and takes the same
-  step.  Peers are addressed by group-local rank (``group_dst``/``group_src``:
-  torch wants global ranks in ``dst``/``src``).
+  step.  Messages go through :class:`torchpint.engine.comm.DistComm` on the
+  replica's group (tagged ``isend``/``recv_tensor``, peers by group rank).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from torchpint.engine.comm import DistComm
 from torchpint.paranet.net import ParaNet, active_iterations, parareal_sweep
 
 __all__ = ["Command", "Header", "ParaNetHub", "ParaNetWorker", "ReplicaGroups", "average_gradients", "replica_groups"]
@@ -167,47 +168,19 @@ def average_gradients(params: Sequence[nn.Parameter], group: Any) -> None:
         offset += g.numel()
 
 
-class _Peer:
-    """Point-to-point messages with one set of ranks; isends kept alive until waited.
-
-    ``dst``/``src`` are ranks in ``group``: torch's ``dst``/``src`` are global
-    ranks, so they go in ``group_dst``/``group_src`` (the same for the default group).
-    """
-
-    def __init__(self, comm_device: torch.device, dtype: torch.dtype, group: Any = None) -> None:
-        self.device = comm_device
-        self.dtype = dtype
-        self.group = group
-        self.pending: list[tuple[Any, Tensor]] = []
-
-    def send(self, t: Tensor, dst: int, tag: int) -> None:
-        buf = t.detach().to(self.device).contiguous()
-        self.pending.append((dist.isend(buf, group=self.group, tag=tag, group_dst=dst), buf))
-
-    def recv(self, shape: Sequence[int], src: int, tag: int, dtype: torch.dtype | None = None) -> Tensor:
-        buf = torch.empty(tuple(shape), dtype=dtype or self.dtype, device=self.device)
-        dist.recv(buf, group=self.group, tag=tag, group_src=src)
-        return buf
-
-    def wait(self) -> None:
-        for work, _ in self.pending:
-            work.wait()
-        self.pending.clear()
-
-
 class _Send(torch.autograd.Function):
     """Forward: isend ``U`` to the worker; backward: receive ``dL/dU`` from it."""
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, hub: ParaNetHub, j: int, k: int) -> Tensor:  # type: ignore[override]
-        hub.peer.send(u, j, _tag(0, k))
+        hub.peer.isend(u, j, _tag(0, k))
         ctx.hub, ctx.j, ctx.k = hub, j, k
         ctx.shape, ctx.device = tuple(u.shape), u.device
         return u.new_empty(0)
 
     @staticmethod
     def backward(ctx: Any, _token_grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        grad = ctx.hub.peer.recv(ctx.shape, ctx.j, _tag(3, ctx.k))
+        grad = ctx.hub.peer.recv_tensor(ctx.shape, ctx.hub.dtype, ctx.j, _tag(3, ctx.k))
         return grad.to(ctx.device), None, None, None
 
 
@@ -218,12 +191,12 @@ class _Recv(torch.autograd.Function):
     def forward(ctx: Any, token: Tensor, hub: ParaNetHub, j: int, k: int, shape: tuple[int, ...]) -> Tensor:  # type: ignore[override]
         ctx.hub, ctx.j, ctx.k = hub, j, k
         ctx.token_meta = (token.dtype, token.device)
-        return hub.peer.recv(shape, j, _tag(1, k)).to(hub.device)
+        return hub.peer.recv_tensor(shape, hub.dtype, j, _tag(1, k)).to(hub.device)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
-        ctx.hub.peer.send(grad, ctx.j, _tag(2, ctx.k))
-        ctx.hub.peer.wait()  # delivered before the hub's backward goes on (see the module docstring)
+        ctx.hub.peer.isend(grad, ctx.j, _tag(2, ctx.k))
+        ctx.hub.peer.wait_sends()  # delivered before the hub's backward goes on (see the module docstring)
         dtype, device = ctx.token_meta
         return torch.zeros(0, dtype=dtype, device=device), None, None, None, None
 
@@ -248,7 +221,7 @@ class _HubRunner:
         self.tokens[k, j] = _Send.apply(u, self.hub, j, k)
 
     def local(self, k: int) -> None:
-        self.hub.peer.wait()  # the workers have their inputs before F_1 runs (see the module docstring)
+        self.hub.peer.wait_sends()  # the workers have their inputs before F_1 runs (see the module docstring)
         if k in self.inputs:
             self.outputs[k] = self.hub.fine_subnets[0](self.inputs.pop(k))
 
@@ -295,15 +268,16 @@ class ParaNetHub(nn.Module):
         self.device = p.device
         self.group = group
         self.copies = copies
-        self.peer = _Peer(_comm_device(self.device, group), p.dtype, group)
+        self.dtype = p.dtype
+        self.peer = DistComm(group)  # tagged messages to this network's workers, by group rank
         self.stopped = False
 
     def command(self, header: Header) -> None:
         """Send ``header`` to every worker (after the previous sends completed)."""
-        self.peer.wait()
+        self.peer.wait_sends()
         t = header.tensor(self.peer.device)
         for dst in range(1, self.subnets):
-            self.peer.send(t, dst, HEADER_TAG)
+            self.peer.isend(t, dst, HEADER_TAG)
 
     def forward(self, x: Tensor, *, epoch: int = 0, step: int = 0, lr: float | None = None) -> Tensor:
         """Parareal output for ``x``; the workers join in.
@@ -333,7 +307,7 @@ class ParaNetHub(nn.Module):
 
     def wait_acks(self) -> list[float]:
         """One float from each worker, in rank order (what its handler returned)."""
-        return [float(self.peer.recv((1,), src, ACK_TAG, torch.float64).item()) for src in range(1, self.subnets)]
+        return [float(self.peer.recv_tensor((1,), torch.float64, src, ACK_TAG).item()) for src in range(1, self.subnets)]
 
     def wait(self) -> None:
         """Wait for every message sent so far (call once after ``backward``); with replicas, average the gradients.
@@ -341,7 +315,7 @@ class ParaNetHub(nn.Module):
         The hub's gradients are complete here; the workers average theirs
         among their own copies right after their backward passes.
         """
-        self.peer.wait()
+        self.peer.wait_sends()
         if self.copies is not None:
             average_gradients(list(self.parameters()), self.copies)
 
@@ -349,7 +323,7 @@ class ParaNetHub(nn.Module):
         """Tell the workers to leave :meth:`ParaNetWorker.serve`."""
         if not self.stopped:
             self.command(Header(Command.STOP))
-            self.peer.wait()
+            self.peer.wait_sends()
             self.stopped = True
 
 
@@ -393,7 +367,8 @@ class ParaNetWorker:
         dtype = p.dtype if p is not None else torch.float32
         self.group = group
         self.copies = copies
-        self.peer = _Peer(_comm_device(self.device, group), dtype, group)
+        self.dtype = dtype
+        self.peer = DistComm(group)
         self.optimizer = optimizer
         self.handlers = dict(handlers or {})
         self.on_header = on_header
@@ -410,33 +385,33 @@ class ParaNetWorker:
     def serve(self) -> None:
         """Obey headers until STOP."""
         while True:
-            header = Header.from_tensor(self.peer.recv((_HEADER_LEN,), 0, HEADER_TAG, torch.float64))
+            header = Header.from_tensor(self.peer.recv_tensor((_HEADER_LEN,), torch.float64, 0, HEADER_TAG))
             if self.on_header is not None:
                 self.on_header(header)
             if header.command == Command.STOP:
-                self.peer.wait()
+                self.peer.wait_sends()
                 return
             if header.command == Command.FORWARD:
                 self._forward(header)
             elif header.command in self.handlers:
                 value = self.handlers[header.command](header)
-                self.peer.send(torch.tensor([float(value)], dtype=torch.float64), 0, ACK_TAG)
+                self.peer.isend(torch.tensor([float(value)], dtype=torch.float64), 0, ACK_TAG)
             else:
                 raise RuntimeError(f"worker {self.rank}: unknown command {header.command}")
 
     def _forward(self, header: Header) -> None:
-        self.peer.wait()
+        self.peer.wait_sends()
         if self.module.training != header.training:  # a walk over every submodule: only when the mode changes
             self.module.train(header.training)
         b = header.batch
         saved: dict[int, tuple[Tensor, Tensor]] = {}
         with torch.set_grad_enabled(header.grad):
             for k in self.active_iterations:
-                u = self.peer.recv((b, *self.in_shape), 0, _tag(0, k)).to(self.device)
+                u = self.peer.recv_tensor((b, *self.in_shape), self.dtype, 0, _tag(0, k)).to(self.device)
                 if header.grad:
                     u.requires_grad_(True)
                 y = self.module(u)
-                self.peer.send(y, 0, _tag(1, k))
+                self.peer.isend(y, 0, _tag(1, k))
                 if header.grad:
                     saved[k] = (u, y)
         self.forwards += 1
@@ -444,10 +419,10 @@ class ParaNetWorker:
             return
         for k in reversed(self.active_iterations):
             u, y = saved[k]
-            g = self.peer.recv((b, *self.out_shape), 0, _tag(2, k)).to(self.device)
+            g = self.peer.recv_tensor((b, *self.out_shape), self.dtype, 0, _tag(2, k)).to(self.device)
             torch.autograd.backward(y, g)
             grad_u = u.grad if u.grad is not None else torch.zeros_like(u)
-            self.peer.send(grad_u, 0, _tag(3, k))
+            self.peer.isend(grad_u, 0, _tag(3, k))
         saved.clear()
         if self.copies is not None:  # complete here: average with the other replicas before stepping
             # (after every pass: with accumulated micro-batches the earlier pieces' part is already equal on

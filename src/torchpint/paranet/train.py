@@ -30,27 +30,21 @@ seeded by ``(seed, epoch)``, and every process's global RNG state is saved,
 so a run resumed from the checkpoint of epoch ``e`` continues exactly as
 the uninterrupted run would have.
 
-Checkpoints: ``<run>/checkpoints/epoch_XXXX/part<r>.pt`` holds process
-``r``'s parameters, buffers and momentum buffers under the full network's
-names, ``meta.pt`` the history and configuration; ``checkpoints/latest``
-names the last complete one and is written only after every part, so a run
-killed at any moment resumes from a complete checkpoint.  Parts are merged
-by name on loading, so a checkpoint written by N processes resumes in one
-and the other way round.
+Checkpoints (the one format, :mod:`torchpint.run.checkpoint`): every epoch,
+``<run>/checkpoints/epoch_XXXX/part<r>.pt`` holds process ``r``'s weights,
+buffers and momentum buffers under the full network's names and its RNG
+states; the commit (rank 0, after the hub's workers acknowledged writing
+theirs) adds the configuration and history.  Parts are merged by name on
+loading, so a checkpoint written by N processes resumes in one and the other
+way round.  The epoch loop itself is :func:`torchpint.run.train_epochs`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
-import shutil
-import signal
 import statistics
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchpint.errors import NonFiniteError
 from torchpint.data import Datasets, load_dataset, random_crop_flip
 from torchpint.models import build_model, count_parameters
 from torchpint.paranet.distributed import ParaNetHub
 from torchpint.paranet.net import ParaNet
+from torchpint.run.checkpoint import CheckpointError, Checkpoints, Found, save_atomic, set_rng_state
+from torchpint.run.loop import NonFiniteLossError, StepHooks, check_finite, restore_state, train_epochs
 
 __all__ = [
     "NonFiniteLossError",
@@ -78,10 +73,6 @@ __all__ = [
 SCHEDULES = ("cosine", "step")
 AUGMENTS = ("auto", "none", "crop", "crop-flip")
 CMD_SAVE = 10  # custom worker command: write your checkpoint part
-
-
-class NonFiniteLossError(NonFiniteError):
-    """The loss became NaN or infinite; training stopped and the last checkpoint was kept."""
 
 
 @dataclass
@@ -124,7 +115,6 @@ class TrainConfig:
     split_points: list[int] | None = None
     input_shape: list[int] = field(default_factory=list)
     num_classes: int = 0
-    fault: dict[str, Any] | None = None  # {"kind": "nan"|"kill", "epoch": e (1-based), "step": s, "rank": r}
 
     #: fields that must match for --resume to continue a run exactly
     RESUME_KEYS = (
@@ -240,20 +230,7 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63 - 1)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def _checkpoint_root(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The last complete checkpoint folder of a run, or None."""
-    pointer = _checkpoint_root(run_dir) / "latest"
-    if not pointer.is_file():
-        return None
-    path = _checkpoint_root(run_dir) / pointer.read_text().strip()
-    return path if (path / "meta.pt").is_file() else None
-
-
+# ---------------------------------------------------------------------------- checkpoint parts
 def _momentum(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, Tensor]:
     out = {}
     for group in optimizer.param_groups:
@@ -264,59 +241,35 @@ def _momentum(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[s
     return out
 
 
-def write_part(folder: Path, part: int, state: dict[str, Tensor], momentum: dict[str, Tensor]) -> None:
-    """Write one process's part of a checkpoint (atomically: temporary file, then rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".part{part}.pt.tmp"
-    torch.save(
-        {"state": {k: v.detach().cpu().clone() for k, v in state.items()}, "momentum": momentum,
-         "torch_rng": torch.get_rng_state()},
-        tmp,
-    )
-    os.replace(tmp, folder / f"part{part}.pt")
+def part_state(module_state: dict[str, Tensor], optimizer: torch.optim.Optimizer, names: dict[int, str],
+               prefix: str = "") -> dict[str, Any]:
+    """One process's checkpoint part: weights and momentum under the full network's names."""
+    return {"weights": {prefix + k: v.detach().cpu().clone() for k, v in module_state.items()},
+            "momentum": _momentum(optimizer, names)}
 
 
-def read_parts(folder: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[int, Tensor]]:
-    """Merged state, momentum and per-part RNG states of every ``part*.pt`` in ``folder``."""
-    state: dict[str, Tensor] = {}
-    momentum: dict[str, Tensor] = {}
-    rngs: dict[int, Tensor] = {}
-    parts = sorted(folder.glob("part*.pt"))
-    if not parts:
-        raise ValueError(f"checkpoint {folder} has no part*.pt files")
-    for path in parts:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        state.update(data["state"])
-        momentum.update(data["momentum"])
-        rngs[int(path.stem[4:])] = data["torch_rng"]
-    return state, momentum, rngs
-
-
-def load_into(
-    module_state: dict[str, Tensor],
-    params: dict[str, nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    folder: Path,
-    part: int,
-    prefix: str = "",
-) -> None:
-    """Load this process's names (``prefix`` + local name) from a checkpoint folder, momentum and RNG included."""
-    state, momentum, rngs = read_parts(folder)
-    missing = [prefix + k for k in module_state if prefix + k not in state]
+def load_part_state(state: dict[str, Any], module_state: dict[str, Tensor], params: dict[str, nn.Parameter],
+                    optimizer: torch.optim.Optimizer, prefix: str = "") -> None:
+    """Load this process's names (``prefix`` + local name) from merged parts, momentum included."""
+    weights, momentum = state.get("weights", {}), state.get("momentum", {})
+    missing = [prefix + k for k in module_state if prefix + k not in weights]
     if missing:
-        raise ValueError(f"checkpoint {folder} lacks {len(missing)} entries of this network, e.g. {missing[:3]}")
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} entries of this network, e.g. {missing[:3]}")
     with torch.no_grad():
         for k, t in module_state.items():
-            src = state[prefix + k]
+            src = weights[prefix + k]
             if src.shape != t.shape:
-                raise ValueError(f"checkpoint {folder}: {prefix + k} has shape {tuple(src.shape)}, "
-                                 f"the network {tuple(t.shape)}")
+                raise CheckpointError(f"the checkpoint's {prefix + k} has shape {tuple(src.shape)}, "
+                                      f"the network's {tuple(t.shape)}")
             t.copy_(src)
     for k, p in params.items():
         if prefix + k in momentum:
             optimizer.state[p]["momentum_buffer"] = momentum[prefix + k].to(p.device).clone()
-    if part in rngs:
-        torch.set_rng_state(rngs[part])
+
+
+def merged_weights(checkpoints: Checkpoints, found: Found) -> dict[str, Tensor]:
+    """The whole network's weights from every part of a checkpoint (for the final model file)."""
+    return restore_state(checkpoints, found, 0, merge=True)[0]["weights"]
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -366,12 +319,13 @@ class _Local:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
-    def save(self, folder: Path, epoch: int) -> None:
+    def save(self, epoch: int) -> dict[str, Any]:
+        """This process's checkpoint part (the hub first has its workers write theirs)."""
         names = {id(p): n for n, p in self.net.named_parameters()}
-        write_part(folder, 0, self.net.state_dict(), _momentum(self.opt, names))
+        return part_state(self.net.state_dict(), self.opt, names)
 
-    def load(self, folder: Path) -> None:
-        load_into(self.net.state_dict(), dict(self.net.named_parameters()), self.opt, folder, 0)
+    def load(self, state: dict[str, Any]) -> None:
+        load_part_state(state, self.net.state_dict(), dict(self.net.named_parameters()), self.opt)
 
     def close(self) -> None:
         pass
@@ -401,9 +355,9 @@ class _Hub(_Local):
     def after_backward(self) -> None:
         self.hub.wait()
 
-    def save(self, folder: Path, epoch: int) -> None:
-        self.hub.custom(CMD_SAVE, epoch=epoch)  # every worker writes its part first
-        super().save(folder, epoch)
+    def save(self, epoch: int) -> dict[str, Any]:
+        self.hub.custom(CMD_SAVE, epoch=epoch)  # every worker writes its part first (acknowledged)
+        return super().save(epoch)
 
     def close(self) -> None:
         self.hub.stop()
@@ -427,94 +381,51 @@ def _pieces(batch: int, replicas: int, micro_batches: int) -> int:
     return max(1, min(micro_batches, batch // replicas // 2))
 
 
-def _evaluate(runner: _Local, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
-    runner.net.eval()
-    loss_sum, correct = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            out = runner.forward(x[i : i + batch].to(runner.device), -1, -1)
-            yb = y[i : i + batch].to(out.device)
-            loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-            correct += int((out.argmax(1) == yb).sum())
-    return loss_sum / len(x), correct / len(x)
+class ParaNetTrainer:
+    """One epoch of parareal-network (or original-network) training, for :func:`torchpint.run.train_epochs`.
 
+    Every data-parallel replica's hub runs it; the others' workers serve their hub.  Replica 0
+    evaluates; the others return no test metrics.
+    """
 
-def train_network(
-    cfg: TrainConfig,
-    run_dir: Path,
-    label: str,
-    runner: _Local,
-    data: Datasets,
-    resume: bool,
-    extra_meta: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train (or continue) one network; returns its history and summary.  Checkpoints every epoch."""
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    merges_parts = True  # parts are merged by name: a checkpoint resumes under another process layout
 
-    root = _checkpoint_root(run_dir)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if resume:
-        folder = latest_checkpoint(run_dir)
-        if folder is not None:
-            meta = torch.load(folder / "meta.pt", map_location="cpu", weights_only=False)
-            saved = meta["config"]
-            defaults = {f.name: f.default for f in fields(TrainConfig)}  # for keys older checkpoints lack
-            changed = [k for k in TrainConfig.RESUME_KEYS if saved.get(k, defaults[k]) != getattr(cfg, k)]
-            if changed:
-                raise ValueError(f"--resume: the run in {run_dir} was made with different "
-                                 + ", ".join(f"{k} ({saved.get(k, defaults[k])!r} there, {getattr(cfg, k)!r} now)"
-                                             for k in changed))
-            runner.load(folder)
-            random.setstate(meta["python_rng"])
-            np.random.set_state(meta["numpy_rng"])
-            history = list(meta["history"])
-            start_epoch = int(meta["epoch"])
-            if runner.replica == 0:
-                print(f"[{label}] resumed from {folder} (epoch {start_epoch} of {cfg.epochs})", flush=True)
-        elif runner.replica == 0:
-            print(f"[{label}] --resume: no checkpoint in {root}, starting from the beginning", flush=True)
-    x_train, y_train = data.train.tensors
-    x_test, y_test = data.test.tensors
-    augment = _augmenter(cfg, tuple(data.input_shape))
-    n = len(x_train)
-    steps = len(_batches(n, cfg.batch_size, torch.Generator().manual_seed(0), runner.replicas))
-    lead = runner.replica == 0  # the others train only: no progress, evaluation or checkpoints
-    fault = cfg.fault or {}
-    for epoch in range(start_epoch, cfg.epochs):
+    def __init__(self, cfg: TrainConfig, runner: _Local, data: Datasets, label: str,
+                 hooks: StepHooks | None = None) -> None:
+        self.cfg, self.runner, self.label, self.hooks = cfg, runner, label, hooks
+        self.x_train, self.y_train = data.train.tensors
+        self.x_test, self.y_test = data.test.tensors
+        self.augment = _augmenter(cfg, tuple(data.input_shape))
+        self.steps = len(_batches(len(self.x_train), cfg.batch_size, torch.Generator().manual_seed(0), runner.replicas))
+        self.epochs_done = 0
+
+    def steps_per_epoch(self) -> int:
+        return self.steps
+
+    def train_epoch(self, epoch: int, advance: Callable[..., None]) -> dict[str, float]:
+        cfg, runner = self.cfg, self.runner
         runner.net.train()
-        order = _batches(n, cfg.batch_size, torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0)),
-                         runner.replicas)
+        order = _batches(len(self.x_train), cfg.batch_size,
+                         torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0)), runner.replicas)
         aug_gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 1))
         loss_sum, correct, seen = 0.0, 0, 0
         lr = cfg.lr
-        bar = tqdm(total=len(order), desc=f"{label} epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and lead),
-                   leave=True, dynamic_ncols=True, mininterval=0.5)
-        start = time.perf_counter()
         for step, idx in enumerate(order):
-            xb, yb = x_train[idx], y_train[idx]
-            if augment is not None:  # the whole batch, on every replica: the same draws as with one replica
-                xb = augment(xb, aug_gen)
+            xb, yb = self.x_train[idx], self.y_train[idx]
+            if self.augment is not None:  # the whole batch, on every replica: the same draws as with one replica
+                xb = self.augment(xb, aug_gen)
             xb, yb = runner.shard(xb), runner.shard(yb)
-            lr = lr_at(cfg, epoch, step, steps)
+            lr = lr_at(cfg, epoch, step, self.steps)
             pieces = _pieces(len(idx), runner.replicas, cfg.micro_batches)
             for piece, (xp, yp) in enumerate(zip(xb.tensor_split(pieces), yb.tensor_split(pieces), strict=True)):
                 final = piece == pieces - 1  # the optimizer step (workers: inside this pass) follows the last piece
                 out = runner.forward(xp.to(runner.device), epoch, step, lr if final else None)
                 yp = yp.to(out.device)
                 loss = F.cross_entropy(out, yp)
-                if fault.get("kind") == "nan" and fault.get("epoch") == epoch + 1 and fault.get("step", 0) == step:
-                    loss = loss * float("nan")
+                if self.hooks is not None:
+                    loss = self.hooks.on_loss(loss, epoch, step)
                 value = loss.item()
-                if not math.isfinite(value):
-                    bar.close()
-                    last = latest_checkpoint(run_dir)
-                    kept = f"the last checkpoint ({last}) is kept; --resume continues from it" if last else (
-                        "no checkpoint had been written yet")
-                    raise NonFiniteLossError(
-                        f"{label}: the loss became {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
-                        f"training stopped; {kept} (a smaller --lr may help)"
-                    )
+                check_finite(value, label=self.label, epoch=epoch, step=step, lr=lr)
                 # the pieces' losses, weighted by their share of the batch, sum to the whole batch's mean
                 # (over the replicas too: their gradients are averaged, and shards may be unequal)
                 weight = len(yp) * runner.replicas / len(idx)
@@ -526,63 +437,85 @@ def train_network(
                 seen += len(yp)
             runner.after_backward()  # the hub: wait for the workers and average with the replicas, once a batch
             runner.step(lr, epoch, step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", refresh=False)
-        seconds = time.perf_counter() - start
-        bar.close()
+            advance(loss=loss_sum / seen, acc=f"{100 * correct / seen:.1f}%")
         loss_sum, hits, count = runner.totals(loss_sum, correct, seen)  # over the replicas' shards
-        eval_start = time.perf_counter()
-        test_loss, test_acc = _evaluate(runner, x_test, y_test, cfg.eval_batch) if lead else (math.nan, math.nan)
-        record = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_acc": hits / count,
-            "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds,
-            "eval_seconds": time.perf_counter() - eval_start,
-        }  # fmt: skip
-        history.append(record)
-        if cfg.progress and lead:
-            print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
-                  f"acc {100 * record['train_acc']:.2f}% | test loss {test_loss:.4f}, acc {100 * test_acc:.2f}% "
-                  f"| {seconds:.2f} s", flush=True)
-        if lead:
-            _save_checkpoint(runner, root, epoch + 1, cfg, history, extra_meta)
+        self.epochs_done = epoch + 1
+        return {"lr": lr, "train_loss": loss_sum / count, "train_accuracy": hits / count}
+
+    def evaluate(self) -> dict[str, float]:
+        if self.runner.replica != 0:
+            return {}
+        runner, batch = self.runner, self.cfg.eval_batch
+        runner.net.eval()
+        loss_sum, correct = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.x_test), batch):
+                out = runner.forward(self.x_test[i : i + batch].to(runner.device), -1, -1)
+                yb = self.y_test[i : i + batch].to(out.device)
+                loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+                correct += int((out.argmax(1) == yb).sum())
+        return {"test_loss": loss_sum / len(self.x_test), "test_accuracy": correct / len(self.x_test)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.runner.save(self.epochs_done)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.runner.load(state)
+
+
+def train_network(
+    cfg: TrainConfig,
+    run_dir: Path,
+    label: str,
+    runner: _Local,
+    data: Datasets,
+    *,
+    resume: bool,
+    parts: int = 1,
+    hooks: StepHooks | None = None,
+    resume_from: Any = None,
+    agreed: bool = False,
+) -> dict[str, Any]:
+    """Train (or continue) one network with the shared loop; returns its history and summary.
+
+    Checkpoints every epoch into ``run_dir/checkpoints`` (``parts`` parts: 1, or N for a
+    distributed parareal network, whose workers write theirs when the hub asks).
+    ``agreed``: ``resume_from`` is the checkpoint every process already agreed on.
+    """
+    lead = runner.replica == 0
+    extra = {"resume_from": resume_from} if agreed else {}
+    trainer = ParaNetTrainer(cfg, runner, data, label, hooks)
+    loop = train_epochs(trainer, epochs=cfg.epochs, checkpoints=Checkpoints(run_dir / "checkpoints"),
+                        config=config_dict(cfg), resume_keys=TrainConfig.RESUME_KEYS, label=label, resume=resume,
+                        part=0 if lead else None, parts=parts, lead=lead, progress=cfg.progress,
+                        group=None, **extra)
     runner.close()
+    history = loop.history
     times = [h["seconds"] for h in history]
     return {
         "label": label,
         "history": history,
-        "test_acc": history[-1]["test_acc"] if history else float("nan"),
-        "test_loss": history[-1]["test_loss"] if history else float("nan"),
+        "final_loss": history[-1]["train_loss"] if history else float("nan"),
+        "test_accuracy": history[-1].get("test_accuracy", float("nan")) if history else float("nan"),
+        "test_loss": history[-1].get("test_loss", float("nan")) if history else float("nan"),
+        "seconds": loop.seconds,
         "seconds_per_epoch": statistics.median(times) if times else float("nan"),
         "mean_seconds_per_epoch": statistics.fmean(times) if times else float("nan"),
         "params": count_parameters(runner.net) if not isinstance(runner, _Hub) else None,
     }
 
 
-def _save_checkpoint(
-    runner: _Local, root: Path, epoch: int, cfg: TrainConfig, history: list[dict[str, Any]],
-    extra: dict[str, Any] | None,
-) -> None:
-    name = f"epoch_{epoch:04d}"
-    folder = root / name
-    if folder.exists():
-        shutil.rmtree(folder)
-    runner.save(folder, epoch)
-    meta = {
-        "epoch": epoch, "history": history, "config": asdict(cfg), "python_rng": random.getstate(),
-        "numpy_rng": np.random.get_state(), **(extra or {}),
-    }  # fmt: skip
-    torch.save(meta, folder / ".meta.pt.tmp")
-    os.replace(folder / ".meta.pt.tmp", folder / "meta.pt")
-    tmp = root / ".latest.tmp"
-    tmp.write_text(name)
-    os.replace(tmp, root / "latest")  # the checkpoint counts from here on
-    for old in root.glob("epoch_*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+def write_model_file(run_dir: Path, path: Path) -> None:
+    """The whole trained network as one state dict (merged from the newest checkpoint's parts)."""
+    checkpoints = Checkpoints(run_dir / "checkpoints")
+    found = checkpoints.find_latest()
+    if found is not None:
+        save_atomic(merged_weights(checkpoints, found), path)
 
 
 # ---------------------------------------------------------------------------- entry points
-def train_local(cfg: TrainConfig, run_dir: Path, label: str, original: bool, resume: bool) -> dict[str, Any]:
+def train_local(cfg: TrainConfig, run_dir: Path, label: str, original: bool, resume: bool,
+                hooks: StepHooks | None = None) -> dict[str, Any]:
     """Train the parareal network (or, with ``original``, the original) in this process."""
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -596,66 +529,69 @@ def train_local(cfg: TrainConfig, run_dir: Path, label: str, original: bool, res
                 net.to_devices(cfg.devices)  # type: ignore[operator]
         elif cfg.device != "cpu":
             net.to(cfg.device)
-        return train_network(cfg, run_dir, label, _Local(net, cfg), data, resume)
+        return train_network(cfg, run_dir, label, _Local(net, cfg), data, resume=resume, hooks=hooks)
     finally:
         torch.set_num_threads(previous)
 
 
-def distributed_worker(cfg: TrainConfig, run_dir: str, label: str, resume: bool) -> dict[str, Any] | None:
-    """Body of every process of a distributed training run (started by run_workers or torchrun)."""
+def distributed_worker(cfg: TrainConfig, run_dir: str, label: str, resume: bool,
+                       hooks: StepHooks | None = None) -> dict[str, Any] | None:
+    """Body of every process of a distributed training run (under :func:`torchpint.run.launch`).
+
+    Every process agrees on the checkpoint to resume first (rank 0 decides); rank 0's split
+    points are used everywhere (a measured balance could differ between processes).
+    """
     import torch.distributed as dist
 
     from torchpint.paranet.distributed import Header, ParaNetWorker, replica_groups
 
     rank = dist.get_rank()
+    shared = [cfg.split_points]
+    dist.broadcast_object_list(shared, src=0)
+    cfg.split_points = shared[0]
     groups = replica_groups(cfg.subnets, cfg.replicas)
     part = groups.part  # this process's part of its replica's network (0: the hub)
+    path = Path(run_dir)
+    checkpoints = Checkpoints(path / "checkpoints")
+    found = checkpoints.agree() if resume else None
     net = build_paranet(cfg)
     if cfg.device == "cuda":
         net.to(torch.device("cuda", torch.cuda.current_device()))
-    path = Path(run_dir)
     if part == 0:
         total = count_parameters(net)
         hub = ParaNetHub(net, groups.network, groups.copies)
         del net  # the hub keeps stem, coarse networks, head and sub-network 1 only
         data = load_data(cfg)
-        summary = train_network(cfg, path, label, _Hub(hub, cfg, groups.replica), data, resume)
+        summary = train_network(cfg, path, label, _Hub(hub, cfg, groups.replica), data, resume=resume,
+                                parts=cfg.subnets, hooks=hooks, resume_from=found, agreed=True)
         summary["params"] = total
         return summary if rank == 0 else None
     # a worker: its sub-network, its optimizer, its checkpoint part (written by replica 0's only)
     module = net.fine_subnets[part]
     prefix = f"fine_subnets.{part}."
     opt = make_sgd(module.parameters(), cfg)
-    if resume:
-        folder = latest_checkpoint(path)
-        if folder is not None:
-            load_into(module.state_dict(), dict(module.named_parameters()), opt, folder, part, prefix)
+    if found is not None:
+        state, rng = restore_state(checkpoints, found, part, merge=True)
+        load_part_state(state, module.state_dict(), dict(module.named_parameters()), opt, prefix)
+        if rng is not None:
+            set_rng_state(rng)
 
     def save(header: Header) -> float:
         names = {id(p): prefix + n for n, p in module.named_parameters()}
-        state = {prefix + k: v for k, v in module.state_dict().items()}
-        write_part(_checkpoint_root(path) / f"epoch_{header.epoch:04d}", part, state, _momentum(opt, names))
+        checkpoints.write_part(header.epoch, part, cfg.subnets, part_state(module.state_dict(), opt, names, prefix))
         return 1.0
 
-    fault = cfg.fault or {}
-
     def on_header(header: Header) -> None:
-        if (fault.get("kind") == "kill" and fault.get("rank") == rank and header.command == 1
-                and header.epoch == fault.get("epoch", 1) - 1 and header.step == fault.get("step", 0)):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if hooks is not None and header.command == 1:  # FORWARD
+            hooks.on_step(rank, header.epoch, header.step)
 
-    worker = ParaNetWorker(net, groups.network, optimizer=opt, handlers={CMD_SAVE: save}, on_header=on_header,
-                           copies=groups.copies)
+    worker = ParaNetWorker(net, groups.network, optimizer=opt, handlers={CMD_SAVE: save} if groups.replica == 0 else {},
+                           on_header=on_header, copies=groups.copies)
     del net  # this process keeps only its sub-network
     worker.serve()
     return None
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The configuration as plain types (what checkpoints and metrics record)."""
     return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)

@@ -6,9 +6,14 @@ weights serial training produces, to the tolerance (J. B. Schroder, "Parallelizi
 artificial neural network training runs with multigrid", arXiv 1708.02276).
 
     task = TrainingTask(model, loss_fn, BatchSchedule.from_loader(x, y, steps, 64, seed=0), SGD(lr=0.05))
-    result = train_mgrit(task, MGRITOptions(cycle="V", lr_max=0.4), nproc=2)
+    result = train_mgrit(task, MGRITOptions(cycle="V", lr_max=0.4))   # this process, or comm=...
     serial = serial_train(task)            # or torch_optim_train(task): plain torch.optim
     max_difference(result.weights, serial.weights)   # ~ the tolerance
+
+On several processes call ``train_mgrit(task, options, comm=DistComm())`` on every rank of a
+``torch.distributed`` group (e.g. ``torchpint.run.launch(fn, nproc=4)`` or torchrun); it never
+starts processes itself.  ``checkpoint_every`` / ``on_checkpoint`` / ``resume`` make a long solve
+resumable (:class:`SolveSnapshot`, what ``mgrit-train --out`` writes and ``--resume`` reads).
 """
 
 from torchpint.training.errors import DivergenceError, MemoryLimitError, NonFiniteWeightsError, TrainingConfigError
@@ -19,7 +24,9 @@ from torchpint.training.schedule import BatchSchedule
 from torchpint.training.serial import SerialResult, serial_train, torch_optim_train
 from torchpint.training.solver import (
     CYCLES,
+    ConvergenceCallback,
     MGRITOptions,
+    SolveSnapshot,
     TrainingResult,
     max_difference,
     memory_estimate,
@@ -39,6 +46,7 @@ from torchpint.training.tasks import TaskSpec, build_task
 
 __all__ = [
     "CYCLES",
+    "ConvergenceCallback",
     "SGD",
     "Adam",
     "BatchSchedule",
@@ -50,6 +58,7 @@ __all__ = [
     "Monitor",
     "NonFiniteWeightsError",
     "SerialResult",
+    "SolveSnapshot",
     "StepCost",
     "TaskSpec",
     "TrainingConfigError",

@@ -153,6 +153,11 @@ class TrainingTask:
         with torch.no_grad():
             return functional_call(self.model, {**self.unflatten(w.to(self.dtype)), **self.buffers}, (x,))
 
+    def loss(self, w: Tensor) -> float:
+        """The loss of the flat weights ``w`` on the whole training set (no gradient)."""
+        with torch.no_grad():
+            return float(self._loss(w.to(self.dtype), self.schedule.inputs, self.schedule.targets))
+
     # ------------------------------------------------------------------ gradients
     def _loss(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         out = functional_call(self.model, {**self.unflatten(w), **self.buffers}, (x,))

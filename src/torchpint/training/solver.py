@@ -28,7 +28,6 @@ from torch import Tensor
 
 from torchpint.engine import MGRIT
 from torchpint.engine.comm import Comm, default_comm
-from torchpint.engine.grid import block_ranges
 from torchpint.engine.state import State, batch_sq_norms, expand, leaves, take, tree_map
 from torchpint.training.errors import DivergenceError, TrainingConfigError
 from torchpint.training.memory import MemoryEstimate, check_limit, estimate
@@ -214,10 +213,9 @@ def memory_estimate(task: TrainingTask, options: MGRITOptions, nproc: int = 1) -
                     coarse_storage=options.coarse_storage, nproc=nproc, m=options.m, reference=options.reference)
 
 
-def initial_residual(problem: LevelProblem, u0: Any, n_steps: int, comm: Comm, chunk: int) -> float:
-    """``||r_0||``: ``Phi(w_0) - 0`` at point 1 and ``Phi(0) - 0`` at points 2..N, over this rank's block."""
-    lo, hi = block_ranges(n_steps + 1, comm.size)[comm.rank]
-    lo = max(lo, 1)
+def initial_residual(problem: LevelProblem, u0: Any, owned: range, comm: Comm, chunk: int) -> float:
+    """``||r_0||``: ``Phi(w_0) - 0`` at point 1 and ``Phi(0) - 0`` at points 2..N, over the points ``owned``."""
+    lo, hi = max(owned.start, 1), owned.stop
     zero = tree_map(torch.zeros_like, u0)
     total = torch.zeros((), dtype=torch.float64)
     for a in range(lo, hi, chunk):
@@ -231,42 +229,58 @@ def initial_residual(problem: LevelProblem, u0: Any, n_steps: int, comm: Comm, c
     return math.sqrt(float(comm.sum(total)))
 
 
-IterationCallback = Callable[[int, float, float, float], None]  # (k, ||r_k||, factor, rho so far)
+# (k, ||r_k||, ||r_k|| / ||r_{k-1}||, rho so far): the engine's per-iteration callback plus rho against r_0.
+ConvergenceCallback = Callable[[int, float, float, float], None]
+
+
+@dataclass
+class SolveSnapshot:
+    """This rank's part of a solve after ``iteration`` iterations: enough to continue it exactly.
+
+    ``block`` holds the states at the training-step points ``lo .. hi-1`` (this rank's block of
+    the trajectory); a solve resumed from the snapshots of every rank gives the same remaining
+    residual history and final weights as the uninterrupted solve.
+    """
+
+    iteration: int
+    residuals: list[float]  # ||r_1|| .. ||r_iteration||
+    initial_residual: float  # ||r_0||
+    lo: int
+    hi: int
+    block: State
 
 
 def train_mgrit(
     task: TrainingTask,
     options: MGRITOptions | None = None,
     *,
-    nproc: int = 1,
     comm: Comm | None = None,
-    callback: IterationCallback | None = None,
+    callback: ConvergenceCallback | None = None,
     keep_trajectory: bool = True,
-    timeout_s: float | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[SolveSnapshot], None] | None = None,
+    resume: SolveSnapshot | None = None,
 ) -> TrainingResult:
-    """Solve the whole training trajectory with MGRIT.
+    """Solve the whole training trajectory with MGRIT, on this process or this rank of ``comm``.
 
-    On this process (``nproc=1``), on this rank of an initialised ``torch.distributed`` group
-    (``comm``, or the default group), or on ``nproc`` new supervised processes (gloo, one
-    thread each; ``task`` and ``options`` must be picklable, rank 0's result is returned).
-    Ranks own contiguous blocks of training steps.
+    Call it on every rank of the group (``comm``, default: the initialised ``torch.distributed``
+    group, else this one process); ranks own contiguous blocks of training steps.  It never
+    starts processes: the ``mgrit-train`` command or the caller does (``torchpint.run.launch``).
+
+    Long solves: every ``checkpoint_every`` iterations (0: never) ``on_checkpoint`` gets this
+    rank's :class:`SolveSnapshot`; ``resume`` (this rank's snapshot, taken with the same task,
+    options and number of ranks) continues that solve where it stopped.
     """
     options = options or MGRITOptions()
     options.validate()
     n = task.steps
     if n < 2:
         raise TrainingConfigError(f"training needs at least 2 steps (N >= 2), got N={n}")
-    if nproc < 1:
-        raise TrainingConfigError(f"nproc must be >= 1, got {nproc}")
-    if nproc > n + 1:
-        raise TrainingConfigError(f"nproc={nproc} is more than the {n + 1} time points (every rank must own one)")
-    if nproc > 1 and comm is None:
-        check_limit(memory_estimate(task, options, nproc), options.max_memory)  # before spawning anything
-        from torchpint.dist import run_workers
-
-        packed = run_workers(_worker, nproc, (task, options, keep_trajectory), timeout_s=timeout_s)[0]
-        return _unpack(packed)
+    if checkpoint_every < 0:
+        raise TrainingConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     comm = comm if comm is not None else default_comm()
+    if comm.size > n + 1:
+        raise TrainingConfigError(f"{comm.size} processes are more than the {n + 1} time points (every rank must own one)")
     levels = plan_levels(n, options)
     mem = memory_estimate(task, options, comm.size)
     check_limit(mem, options.max_memory)
@@ -278,14 +292,6 @@ def train_mgrit(
     u0 = task.initial_state()
     if not all(bool(torch.isfinite(x).all()) for x in leaves(u0)):
         raise TrainingConfigError("the initial weights are not finite")
-    # Warm-up: the first torch.func / autograd calls of a process carry a one-off cost that
-    # is no part of the solve (serial training pays it before its clock starts too).
-    two = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    problems[0].step_batch(expand(u0, 2), two, two + 1)
-    problems[0].step_batch(expand(u0, 1), two[:1], two[:1] + 1)
-    start = time.perf_counter()
-    monitor.record = True  # the initial residual is part of the solve's time (one batched sweep)
-    r0 = initial_residual(problems[0], u0, n, comm, min(chunk, 4096))
     residuals: list[float] = []
     rising = 0
     verbose = options.verbose and comm.rank == 0
@@ -319,9 +325,37 @@ def train_mgrit(
     t = torch.arange(n + 1, dtype=torch.float64)
     # N steps need not be a multiple of m^(levels-1): the last C-interval of a level may be partial.
     solver = MGRIT(problems, t, levels=levels, cf=options.m, allow_partial=True, **kwargs)
-    monitor.iteration = 1
+    owned = solver.owned
+    if resume is not None and (resume.lo, resume.hi) != (owned.start, owned.stop):
+        raise TrainingConfigError(
+            f"the snapshot holds training-step points {resume.lo}..{resume.hi - 1}, this rank owns "
+            f"{owned.start}..{owned.stop - 1}: resume with the number of processes that wrote it")
+
+    def snapshot(k: int, block: State) -> None:
+        if on_checkpoint is not None and checkpoint_every > 0 and k % checkpoint_every == 0:
+            on_checkpoint(SolveSnapshot(k, list(residuals), r0, owned.start, owned.stop, tree_map(torch.clone, block)))
+
+    # Warm-up: the first torch.func / autograd calls of a process carry a one-off cost that
+    # is no part of the solve (serial training pays it before its clock starts too).
+    two = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    problems[0].step_batch(expand(u0, 2), two, two + 1)
+    problems[0].step_batch(expand(u0, 1), two[:1], two[:1] + 1)
+    start = time.perf_counter()
+    monitor.record = True  # the initial residual is part of the solve's time (one batched sweep)
+    if resume is None:
+        r0 = initial_residual(problems[0], u0, owned, comm, min(chunk, 4096))
+        monitor.iteration = 1
+    else:
+        r0 = resume.initial_residual
+        residuals.extend(resume.residuals)
+        for previous, norm in zip([r0, *residuals[:-1]], residuals):
+            rising = rising + 1 if previous > 0 and norm / previous > 1 else 0
+        monitor.iteration = resume.iteration + 1
     setup_seconds = time.perf_counter() - start
-    result = solver.solve(u0)
+    if resume is None:
+        result = solver.solve(u0, snapshot=snapshot)
+    else:
+        result = solver.solve(u0, guess=resume.block, done=resume.residuals, snapshot=snapshot)
     seconds = time.perf_counter() - start
 
     stored_t = result.t
@@ -357,61 +391,6 @@ def train_mgrit(
     )
 
 
-def _worker(task: TrainingTask, options: MGRITOptions, keep_trajectory: bool) -> dict[str, Any] | None:
-    """One rank of a multi-process solve; rank 0 hands back the result."""
-    result = train_mgrit(task, options, comm=default_comm())
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return None
-    if not keep_trajectory:
-        result.trajectory = None
-    return _pack(result)
-
-
-def train_many(jobs: list[tuple[TrainingTask, MGRITOptions]]) -> list[dict[str, Any]] | None:
-    """Several solves on this rank (a worker function for ``run_workers``); rank 0 returns them packed."""
-    out = []
-    for task, options in jobs:
-        out.append(_pack(train_mgrit(task, options, comm=default_comm())))
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return None
-    return out
-
-
-def unpack(packed: dict[str, Any]) -> TrainingResult:
-    """A result handed back by :func:`train_many` or a worker."""
-    return _unpack(packed)
-
-
-# torch tensors sent through a multiprocessing queue travel as shared-memory handles that die
-# with the worker; results therefore cross as numpy arrays (copied by value).
-def _to_numpy(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return ("__tensor__", x.detach().cpu().numpy().copy())
-    if isinstance(x, dict):
-        return {k: _to_numpy(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_numpy(v) for v in x)
-    return x
-
-
-def _from_numpy(x: Any) -> Any:
-    if isinstance(x, tuple) and len(x) == 2 and x[0] == "__tensor__":
-        return torch.from_numpy(x[1])
-    if isinstance(x, dict):
-        return {k: _from_numpy(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_from_numpy(v) for v in x)
-    return x
-
-
-def _pack(result: TrainingResult) -> dict[str, Any]:
-    return {k: _to_numpy(getattr(result, k)) for k in result.__dataclass_fields__}
-
-
-def _unpack(packed: dict[str, Any]) -> TrainingResult:
-    return TrainingResult(**{k: _from_numpy(v) for k, v in packed.items()})
-
-
 def max_difference(a: State, b: State) -> float:
     """Largest absolute difference between two states (or stacked trajectories)."""
     return max(float((x.to(torch.float64) - y.to(torch.float64)).abs().max()) for x, y in zip(leaves(a), leaves(b)))
@@ -423,14 +402,12 @@ def relative_difference(a: State, b: State) -> float:
     return max_difference(a, b) / scale if scale > 0 else max_difference(a, b)
 
 
-def trajectory_weights(task: TrainingTask, trajectory: State) -> Tensor:
-    return task.update.weights(trajectory)
-
-
 __all__ = [
     "CYCLES",
     "MGRITOptions",
     "TrainingResult",
+    "ConvergenceCallback",
+    "SolveSnapshot",
     "initial_residual",
     "max_difference",
     "relative_difference",

@@ -1,7 +1,7 @@
-"""Check a layer-parallel network against its serial equivalent (used by the tests and the demo).
+"""Check a layer-parallel network against its serial equivalent (a harness for the tests and the demo).
 
 ``parallel_gradients(cases)`` runs on every rank (e.g. spawned by
-:func:`torchpint.dist.run_workers`): it builds each small network, runs one forward and one
+:func:`torchpint.run.launch.run_workers`): it builds each small network, runs one forward and one
 backward pass layer-parallel and returns the output, the input gradient (rank 0) and the
 gradient of every parameter this rank owns, by name.  ``serial_gradients(case)`` computes the
 same with plain autograd on ``to_sequential()`` in one process; ``max_relative_difference``
@@ -11,6 +11,7 @@ compares them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from torchpint.layerpar.layout import batch_shard, layer_data_comms
 from torchpint.layerpar.network import LayerParallel, NonFiniteActivationError
+from torchpint.layerpar.train import LayerParallelConfig, train_layer_parallel, write_outputs
 
 
 @dataclass
@@ -40,7 +42,7 @@ class CheckCase:
     warm_up_batch: int = 0  # > 0: a pass on another batch of this size first (a warm start's source)
 
 
-def build_network(case: CheckCase, comm: Any = None, data_comm: Any = None) -> LayerParallel:
+def build_check_network(case: CheckCase, comm: Any = None, data_comm: Any = None) -> LayerParallel:
     """A small float64 network, the same on every rank for a given seed."""
     torch.manual_seed(case.seed)
     w = case.width
@@ -78,7 +80,7 @@ def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def serial_gradients(case: CheckCase) -> dict[str, Any]:
     """Output, input gradient and every parameter gradient of the serial network (autograd)."""
-    net = build_network(case)
+    net = build_check_network(case)
     seq = net.to_sequential()
     x, y = check_data(case)
     x.requires_grad_(True)
@@ -93,7 +95,7 @@ def parallel_gradients(cases: list[CheckCase]) -> list[dict[str, Any]]:
     """The same, layer-parallel on this rank (call on every rank); only owned gradients are returned."""
     results = []
     for case in cases:
-        net = build_network(case)
+        net = build_check_network(case)
         warm_up = None
         if case.warm_up_batch:
             x0, y0 = check_data(case, case.warm_up_batch, seed=2)
@@ -131,7 +133,7 @@ def layer_data_gradients(cases: list[CheckCase], data_parallel: int) -> list[dic
     layer_comm, data_comm = layer_data_comms(data_parallel)
     results = []
     for case in cases:
-        net = build_network(case, layer_comm, data_comm)
+        net = build_check_network(case, layer_comm, data_comm)
         x, y = check_data(case)
         x_shard, _ = batch_shard(x, data_comm)
         y_shard, _ = batch_shard(y, data_comm)
@@ -156,7 +158,7 @@ def nonfinite_errors(cases: list[tuple[CheckCase, str, int]]) -> list[dict[str, 
     the loss, ``(case, "input", 0)`` the input.  Returns each rank's error message and layer."""
     out = []
     for case, what, k in cases:
-        net = build_network(case)
+        net = build_check_network(case)
         x, y = check_data(case)
         if what == "layer":
             with torch.no_grad():
@@ -210,3 +212,11 @@ def compare(parallel_ranks: list[list[dict[str, Any]]], serial: list[dict[str, A
         out.append({"out": out_diff, "x_grad": x_diff, "grads": grad_diff, "missing": missing, "foreign": foreign,
                     "count": len(merged)})
     return out
+
+
+def demo_worker(cases: list[Any], config: LayerParallelConfig, out: str) -> dict[str, Any]:
+    """The demo's work on one rank, in one process group: gradient checks, then training (run folder
+    ``out``); rank 0 writes the run's files and returns their summary."""
+    checks = parallel_gradients(cases)
+    result = train_layer_parallel(config, out, resume=False)
+    return {"checks": checks, "train": None if result is None else write_outputs(result, Path(out))}

@@ -1,0 +1,511 @@
+"""The one way torchpint starts processes: one process, N supervised local ones, or torchrun's.
+
+Every command (and every test or benchmark that needs several processes) goes through
+:func:`launch`; library code never spawns.  ``launch(fn, args, nproc=P)`` picks the mode:
+
+* **torchrun** (``torchrun`` / ``python -m torch.distributed.run``, any ``--nnodes`` and
+  ``--nproc-per-node``, c10d rendezvous): this process is one rank of a world that torchrun
+  sized.  ``nproc`` must be ``None`` or equal that world size; otherwise a
+  :class:`~torchpint.errors.ConfigError` (every rank raises the same one, so every rank prints
+  the same line and exits 2: never silent copies).  The process group is created here,
+  ``fn(*args)`` runs on this rank, and rank 0 gets its result (the others get ``None``).
+* **one process** (``nproc`` is ``None`` or 1, no torchrun): ``fn(*args)`` runs here, with no
+  process group.
+* **N local processes** (``nproc > 1``): :func:`run_workers` spawns and supervises them and
+  returns rank 0's result.
+
+Use :func:`world_size` first to learn (and check) the world size before anything is built, so a
+size the command cannot use is refused before any process starts.
+
+Supervision (local mode): a worker that raises comes back as :class:`WorkerError` with its
+message; a worker that dies (killed, segfault, ``os._exit``) stops all others within about a
+second and the error names its rank and exit code.  SIGTERM or SIGINT to the launching process
+stops every worker within 2 s (the launcher then raises :class:`Interrupted`), and a worker whose
+launcher dies (even by SIGKILL) is killed by the kernel (``PR_SET_PDEATHSIG`` on Linux) or
+notices within a second (parent-pid polling elsewhere): no orphans.
+
+Peer failures under torchrun: every rank keeps a heartbeat in the rendezvous store
+(:class:`_Heartbeat`); when a collective fails because a peer went away (gloo reports a closed
+connection at once), :func:`launch` waits briefly for the heartbeats to settle and raises
+:class:`WorkerError` naming the rank(s) and host(s) that stopped beating, so the surviving ranks
+exit within a few seconds with one line that says who failed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue as queue_module
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from torchpint.errors import ConfigError, NonFiniteError, TorchPintError
+
+__all__ = [
+    "Interrupted",
+    "WorkerError",
+    "free_port",
+    "init_from_env",
+    "job_store",
+    "launch",
+    "launched_by_torchrun",
+    "rank",
+    "run_workers",
+    "world_size",
+]
+
+#: seconds a collective may wait for a silent (hung, not dead) peer before the run fails;
+#: a dead peer is noticed at once (its connections close).  ``TORCHPINT_PG_TIMEOUT`` overrides.
+DEFAULT_PG_TIMEOUT_S = 300.0
+_HEARTBEAT_S = 0.2  # how often each rank touches its heartbeat key
+_STALE_S = 1.0  # a heartbeat older than this belongs to a rank that is gone
+_MAIN_GUARD_HINT = (
+    "processes are started with 'spawn', which re-imports the main module: a script that calls torchpint's "
+    "launcher (torchpint.run.launch, run_workers, fit(..., nproc=N)) must run it under "
+    "`if __name__ == \"__main__\":`"
+)
+
+
+class WorkerError(TorchPintError, RuntimeError):
+    """A worker process failed or died; the message says which rank (and host) and why."""
+
+
+class WorkerConfigError(WorkerError, ConfigError):
+    """A worker refused its input (a :class:`~torchpint.errors.ConfigError` there): CLIs exit 2."""
+
+
+class WorkerNonFiniteError(WorkerError, NonFiniteError):
+    """A worker's computation became NaN/Inf (a :class:`~torchpint.errors.NonFiniteError` there): CLIs exit 1."""
+
+
+def _error_kind(error: BaseException) -> str:
+    return "config" if isinstance(error, ConfigError) else "nonfinite" if isinstance(error, NonFiniteError) else ""
+
+
+_ERROR_CLASSES: dict[str, type[WorkerError]] = {"config": WorkerConfigError, "nonfinite": WorkerNonFiniteError}
+
+
+def _is_broken_link(message: str) -> bool:
+    """A peer's connection broke: the consequence of another rank's failure, not its cause."""
+    return any(s in message for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                      "connection closed", "Socket closed"))
+
+
+class Interrupted(TorchPintError):
+    """SIGTERM or SIGINT reached the launcher; every worker it started has been stopped."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}; every worker was stopped")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process that torchrun (or anything that sets its environment) started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def rank() -> int:
+    """This process's global rank: from the process group, else from torchrun's environment, else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
+_STORE: Any = None
+
+
+def job_store() -> Any:
+    """A client of torchrun's job store (the rendezvous TCPStore), or ``None`` outside torchrun.
+
+    The store lives as long as the torchrun job, across elastic restarts, so it is where a
+    restarted process learns what the failed attempt had begun (:func:`torchpint.run.folder.will_resume`).
+    """
+    global _STORE
+    if _STORE is None and launched_by_torchrun() and "MASTER_ADDR" in os.environ:
+        try:
+            _STORE = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                   timeout=timedelta(seconds=10))
+        except Exception:  # noqa: BLE001 - no store: callers fall back to their single-attempt behaviour
+            return None
+    return _STORE
+
+
+def world_size(nproc: int | None, *, allowed: Callable[[int], str | None] | None = None) -> int:
+    """The number of processes a command will run on, checked before anything starts.
+
+    ``nproc``: the command's ``--nproc`` (``None``: not given).  Under torchrun the world size
+    is torchrun's and a ``nproc`` that disagrees is refused; otherwise it is ``nproc`` (default 1).
+    ``allowed(size)`` returns ``None`` for a size the command can use, else the reason it cannot
+    (one phrase, e.g. ``"needs N=4 processes (one sub-network each) or 1"``).  Raises
+    :class:`~torchpint.errors.ConfigError` with one line; under torchrun every rank raises the
+    same, so all of them exit 2.
+    """
+    if launched_by_torchrun():
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if nproc is not None and nproc != size:
+            raise ConfigError(f"--nproc {nproc} disagrees with torchrun's world size {size} "
+                              f"(under torchrun the world size comes from --nnodes x --nproc-per-node; drop --nproc)")
+        source = "torchrun's world size"
+    else:
+        size = 1 if nproc is None else nproc
+        source = "--nproc"
+        if size < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {size}")
+    reason = allowed(size) if allowed is not None else None
+    if reason:
+        raise ConfigError(f"{source} {size} cannot be used: {reason}")
+    return size
+
+
+def _pg_timeout() -> float:
+    text = os.environ.get("TORCHPINT_PG_TIMEOUT")
+    try:
+        return float(text) if text else DEFAULT_PG_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"TORCHPINT_PG_TIMEOUT must be a number of seconds, got {text!r}") from None
+
+
+def init_from_env(backend: str | None = None, timeout_s: float | None = None) -> None:
+    """Join the process group that the torchrun environment variables describe (no-op if joined).
+
+    Under torchrun's shared job store (its default with c10d rendezvous) the group's keys get a
+    prefix of their own per attempt: the store outlives an elastic restart, and a restarted
+    worker reading its peers' addresses from the failed attempt would connect to dead ports
+    (pytorch/pytorch#135712; torchrun isolates attempts by ``TORCHELASTIC_RESTART_COUNT``,
+    which only the failed node's agent raises).  The attempt number is agreed through the store:
+    every worker counts itself in, and the ``world_size`` workers of an attempt share one number.
+    """
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("TORCHPINT_BACKEND") != "gloo" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    timeout = timedelta(seconds=timeout_s or _pg_timeout())
+    store = job_store() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+        return
+    size, rank_ = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    attempt = (int(store.add("torchpint/pg-arrivals", 1)) - 1) // size
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"torchpint/pg/{attempt}", store),
+                            rank=rank_, world_size=size, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------- launch
+def launch(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...] = (),
+    *,
+    nproc: int | None = None,
+    threads: int = 1,
+    backend: str = "gloo",
+    timeout_s: float | None = None,
+) -> Any:
+    """Run ``fn(*args)`` on every process of the run and return rank 0's result (``None`` elsewhere).
+
+    ``nproc``: ``None`` or the process count (checked against torchrun's world size when under
+    torchrun; call :func:`world_size` first for the one-line refusal before any work).
+    ``threads``: intra-op threads per process (spawned workers and torchrun ranks).
+    ``backend``: ``"gloo"`` (CPU) or ``"nccl"`` (one GPU per process).  ``fn`` and ``args`` must
+    be picklable (a module-level function) when processes are spawned.  In ``fn``, the default
+    process group exists whenever the world has more than one process.
+    """
+    if launched_by_torchrun():
+        size = world_size(nproc)
+        torch.set_num_threads(threads)
+        if size == 1:
+            return fn(*args)
+        return _run_torchrun_rank(fn, args, backend)
+    if nproc is None or nproc == 1:
+        return fn(*args)
+    return run_workers(fn, nproc, args, threads=threads, backend=backend, timeout_s=timeout_s)[0]
+
+
+def _run_torchrun_rank(fn: Callable[..., Any], args: tuple[Any, ...], backend: str) -> Any:
+    init_from_env(backend)
+    heartbeat = _Heartbeat.start()
+    failed = False
+    try:
+        value = fn(*args)
+        return value if dist.get_rank() == 0 else None
+    except (RuntimeError, dist.DistBackendError, ConnectionError) as error:
+        if isinstance(error, TorchPintError) or heartbeat is None:
+            raise
+        gone = heartbeat.gone_peers()
+        if not gone:
+            raise
+        failed = True
+        raise WorkerError(f"rank {dist.get_rank()} stopped: {', '.join(gone)} failed or died "
+                          f"({'its connection closed' if _is_broken_link(str(error)) else _first_line(str(error))})") from None
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        if dist.is_initialized() and not failed:  # with a dead peer, tearing the group down may wait on it
+            dist.destroy_process_group()
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else "no message"
+
+
+class _Heartbeat:
+    """Each rank's ``torchpint/hb/<rank>`` key in the rendezvous store, refreshed every 0.25 s.
+
+    Its own store client (a second connection to torchrun's store) keeps the thread from
+    interleaving with the process group's use of the store.  When a collective fails, the ranks
+    whose key stopped moving are the ones that died; the keys also hold each rank's host name.
+    """
+
+    def __init__(self, store: Any, rank_: int, size: int) -> None:
+        self.store, self.rank, self.size = store, rank_, size
+        self.host = f"node {os.environ.get('GROUP_RANK', '?')} ({socket.gethostname()})"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="torchpint-heartbeat", daemon=True)
+
+    @classmethod
+    def start(cls) -> _Heartbeat | None:
+        try:  # a connection of its own: the thread must not interleave with other users of job_store()
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                  timeout=timedelta(seconds=10))
+        except Exception:  # noqa: BLE001 - without a store the failure message is less precise, nothing worse
+            return None
+        beat = cls(store, dist.get_rank(), dist.get_world_size())
+        beat._touch()
+        beat.thread.start()
+        return beat
+
+    def _touch(self) -> None:
+        self.store.set(f"torchpint/hb/{self.rank}", f"{time.time():.3f} {self.host}")
+
+    def _beat(self) -> None:
+        while not self.stopping.wait(_HEARTBEAT_S):
+            try:
+                self._touch()
+            except Exception:  # noqa: BLE001 - the store went away: the run is ending anyway
+                return
+
+    def gone_peers(self) -> list[str]:
+        """``"rank R on node N (HOST)"`` for every other rank whose heartbeat is stale (waits up to ~1.5 s)."""
+        deadline = time.time() + _STALE_S + 0.5
+        while True:
+            now = time.time()
+            gone = []
+            for peer in range(self.size):
+                if peer == self.rank:
+                    continue
+                try:
+                    stamp, host = self.store.get(f"torchpint/hb/{peer}").decode().split(" ", 1)
+                except Exception:  # noqa: BLE001 - the store itself is gone (its host died)
+                    return [f"the rank(s) on the rendezvous host {os.environ.get('MASTER_ADDR', '?')}"]
+                if now - float(stamp) > _STALE_S:
+                    gone.append(f"rank {peer} on {host}")
+            if gone or time.time() > deadline:
+                return gone
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+# ---------------------------------------------------------------------------- local workers
+def _die_with_parent(parent: int) -> None:
+    """Make the kernel kill this worker when its launcher dies (Linux), else poll the parent pid."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        polling = False
+    except (OSError, AttributeError):
+        polling = True
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+    if polling:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="torchpint-parent-watch", daemon=True).start()
+
+
+def _worker(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    rank_: int,
+    nproc: int,
+    port: int,
+    threads: int,
+    backend: str,
+    parent: int,
+    results: Any,
+) -> None:
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the launcher decides
+    results.put((rank_, "started", None))
+    os.environ.update(
+        {
+            "RANK": str(rank_),
+            "LOCAL_RANK": str(rank_),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(threads)
+    try:
+        init_from_env(backend)
+        value = fn(*args)
+        results.put((rank_, "ok", value))
+    except BaseException as error:  # noqa: BLE001 - everything goes back to the parent
+        detail = traceback.format_exc() if os.environ.get("TORCHPINT_DEBUG") else ""
+        results.put((rank_, "error", (_error_kind(error), f"{type(error).__name__}: {error}\n{detail}".rstrip())))
+        results.close()
+        results.join_thread()
+        os._exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While workers run, SIGTERM/SIGINT to the launcher raise :class:`Interrupted` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        for s in (signal.SIGTERM, signal.SIGINT):  # a second signal must not interrupt the clean-up
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_workers(
+    fn: Callable[..., Any],
+    nproc: int,
+    args: tuple[Any, ...] = (),
+    *,
+    threads: int = 1,
+    backend: str = "gloo",
+    timeout_s: float | None = None,
+) -> list[Any]:
+    """Run ``fn(*args)`` on ``nproc`` supervised local processes; their results in rank order.
+
+    Prefer :func:`launch` (it also serves torchrun); this is the local mode, for callers that
+    need every rank's result (tests, benchmarks).  Raises :class:`WorkerError` when a worker
+    raises or dies, :class:`Interrupted` on SIGTERM/SIGINT, after stopping all the others.
+    """
+    if nproc < 1:
+        raise ConfigError(f"nproc must be >= 1, got {nproc}")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(fn, args, r, nproc, port, threads, backend, os.getpid(), results),
+                    daemon=True)
+        for r in range(nproc)
+    ]
+    values: dict[int, Any] = {}
+    errors: dict[int, tuple[str, str]] = {}
+    started: set[int] = set()
+    begin = time.monotonic()
+    with _signals_raise():
+        try:
+            try:
+                for proc in procs:
+                    proc.start()
+            except RuntimeError as error:
+                if "bootstrapping" in str(error):
+                    raise WorkerError(f"could not start worker processes: {_MAIN_GUARD_HINT}") from None
+                raise
+            while len(values) < nproc:
+                try:
+                    r, status, value = results.get(timeout=0.05)
+                except queue_module.Empty:
+                    if any(p.exitcode not in (None, 0) for p in procs):
+                        raise _raise_diagnosis(procs, results, errors, started) from None
+                    if timeout_s is not None and time.monotonic() - begin > timeout_s:
+                        raise WorkerError(f"workers did not finish within {timeout_s:.0f} s; stopped them") from None
+                    continue
+                if status == "started":
+                    started.add(r)
+                elif status == "error":
+                    errors[r] = value
+                    raise _raise_diagnosis(procs, results, errors, started)
+                else:
+                    values[r] = value
+            for proc in procs:
+                proc.join(timeout=30)
+            return [values[r] for r in range(nproc)]
+        finally:
+            _stop(procs)
+
+
+def _stop(procs: list[Any]) -> None:
+    """SIGTERM every live worker, SIGKILL what is left after 1 s: all gone within ~1.2 s."""
+    for proc in procs:
+        if proc.pid is not None and proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + 1.0
+    for proc in procs:
+        if proc.pid is not None:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.pid is not None and proc.is_alive():
+            proc.kill()
+            proc.join(timeout=1.0)
+
+
+def _raise_diagnosis(procs: list[Any], results: Any, errors: dict[int, tuple[str, str]], started: set[int]) -> WorkerError:
+    kind, message = _diagnose(procs, results, errors, started)
+    return _ERROR_CLASSES.get(kind, WorkerError)(message)
+
+
+def _diagnose(procs: list[Any], results: Any, errors: dict[int, tuple[str, str]], started: set[int]) -> tuple[str, str]:
+    """Name the root cause: a worker that died, or raised first-hand, beats the peers whose links broke."""
+    time.sleep(0.3)  # let the other workers report or exit
+    while True:
+        try:
+            r, status, value = results.get_nowait()
+        except queue_module.Empty:
+            break
+        if status == "started":
+            started.add(r)
+        elif status == "error":
+            errors.setdefault(r, value)
+    nproc = len(procs)
+    for r, proc in enumerate(procs):
+        if proc.exitcode not in (None, 0) and r not in errors:
+            if r not in started:
+                return "", f"worker {r} of {nproc} exited before it started (exit code {proc.exitcode}): {_MAIN_GUARD_HINT}"
+            return "", f"worker {r} of {nproc} died (exit code {proc.exitcode}); stopped the others"
+    causes = [r for r in sorted(errors) if not _is_broken_link(errors[r][1])] or sorted(errors)
+    kind, message = errors[causes[0]]
+    return kind, f"worker {causes[0]} of {nproc} failed: {_first_line(message)[:500]}"

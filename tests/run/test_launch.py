@@ -1,0 +1,102 @@
+"""The launcher: modes, world-size checks, supervision, signals, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch.distributed as dist
+
+from torchpint.errors import ConfigError
+from torchpint.run.launch import WorkerError, launch, world_size
+from torchpint.testing.processes import alive
+
+
+def _rank_and_size(tag: str) -> tuple[str, int, int]:
+    return tag, dist.get_rank(), dist.get_world_size()
+
+
+def _fail_on_rank_1() -> None:
+    if dist.get_rank() == 1:
+        raise ConfigError("rank 1 refuses")
+    dist.barrier()
+
+
+def test_one_process_and_local_processes() -> None:
+    assert launch(len, ("abc",)) == 3
+    assert launch(_rank_and_size, ("x",), nproc=2) == ("x", 0, 2)
+    with pytest.raises(WorkerError, match="worker 1 of 2 failed: ConfigError: rank 1 refuses"):
+        launch(_fail_on_rank_1, nproc=2)
+
+
+def test_world_size_checks(monkeypatch) -> None:
+    assert world_size(None) == 1 and world_size(3) == 3
+    with pytest.raises(ConfigError, match="--nproc must be >= 1"):
+        world_size(0)
+    with pytest.raises(ConfigError, match="--nproc 3 cannot be used: needs 1 or 2"):
+        world_size(3, allowed=lambda n: None if n in (1, 2) else "needs 1 or 2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert world_size(None) == world_size(4) == 4
+    with pytest.raises(ConfigError, match="--nproc 2 disagrees with torchrun's world size 4"):
+        world_size(2)
+    with pytest.raises(ConfigError, match="torchrun's world size 4 cannot be used"):
+        world_size(None, allowed=lambda n: "too many")
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from torchpint.run.launch import launch
+
+    def work():
+        print("worker", os.getpid(), flush=True)
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        launch(work, nproc=2)
+        print("launch returned", file=sys.stderr)
+    """
+)
+
+
+def _start_workers(tmp_path) -> tuple[subprocess.Popen, list[int]]:
+    script = tmp_path / "two.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    pids: list[int] = []
+    while len(pids) < 2:
+        line = proc.stdout.readline()
+        assert line, f"the launcher ended early ({proc.wait()}): {proc.stderr.read()[-1000:]}"
+        if line.startswith("worker "):
+            pids.append(int(line.split()[1]))
+    return proc, pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_signal_to_the_launcher_stops_every_worker_within_2_s(tmp_path, sig) -> None:
+    proc, pids = _start_workers(tmp_path)
+    proc.send_signal(sig)
+    start = time.monotonic()
+    while any(alive(p) for p in pids) and time.monotonic() - start < 5:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids), "orphaned workers"
+    assert time.monotonic() - start < 2.0
+    proc.wait(timeout=10)
+    if sig != signal.SIGKILL:
+        assert f"stopped by {sig.name}" in proc.stderr.read()
+
+
+def test_a_script_without_the_main_guard_is_told_why(tmp_path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text("from torchpint.run.launch import launch\nlaunch(print, ('hi',), nproc=2)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert 'if __name__ == "__main__":' in proc.stderr, proc.stderr[-2000:]
