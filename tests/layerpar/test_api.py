@@ -158,3 +158,35 @@ def test_frozen_step_parameters(mode) -> None:
     for a, b in zip(grads, [p.grad for p in net.parameters() if p.requires_grad]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
     assert all(layer[0].bias.grad is None for layer in net.layers)
+
+
+def test_final_relaxation_brings_a_fixed_iteration_count_closer_to_serial() -> None:
+    """3 levels, 2 iterations (the setting torchbraid trains with): ending the forward solve with the
+    final relaxation gives an output at least as close to the serial network's as without it."""
+    errors = {}
+    for final in (False, True):
+        case = CheckCase(layers=64, levels=3, cf=4, width=8, T=4.0, nested=False, tol=0.0, max_iter=2, seed=3)
+        net = build_check_network(case)
+        net.final_relax = final
+        x, _ = check_data(case)
+        serial = net.to_sequential()(x)
+        out = net(x)
+        assert net.last_stats["forward"]["iterations"] == 2
+        errors[final] = float((out - serial).detach().abs().max())
+    assert 0 < errors[True] <= errors[False], errors
+
+
+def test_warm_start_falls_back_to_a_cold_start_when_the_batch_changes() -> None:
+    case = CheckCase(layers=16, levels=2, cf=4, T=2.0, warm_start=True, tol=1e-10)
+    net = build_check_network(case)
+    seq = net.to_sequential()
+    for batch, warm in ((4, False), (4, True), (6, False), (4, False), (4, True)):
+        x, _ = check_data(case, batch, seed=batch)
+        out = net(x)
+        out.sum().backward()
+        assert net.last_stats["forward"]["warm"] is warm and net.last_stats["backward"]["warm"] is warm
+        torch.testing.assert_close(out, seq(x), rtol=1e-8, atol=1e-10)
+    with torch.no_grad():  # inference warm-starts too (and does not keep the linearisation)
+        x, _ = check_data(case, 4, seed=9)
+        torch.testing.assert_close(net(x), seq(x), rtol=1e-8, atol=1e-10)
+        assert net.last_stats["forward"]["warm"]

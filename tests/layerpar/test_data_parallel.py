@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from torchpint.run.launch import run_workers
 from torchpint.engine import ConfigError
 from torchpint.engine.comm import SerialComm
+from torchpint.layerpar.layout import batch_shard, layer_data_ranks
+from torchpint.run.launch import run_workers
 from torchpint.testing.layer_parallel import (
     CheckCase,
     layer_data_gradients,
     max_relative_difference,
     serial_gradients,
 )
-from torchpint.layerpar.layout import batch_shard, layer_data_ranks
 
 CASES = [
     CheckCase(layers=6, levels=1, batch=5),  # exact pass; 5 examples: unequal shards (3 + 2)

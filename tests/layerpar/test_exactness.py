@@ -31,7 +31,14 @@ CASES = [
     CheckCase(layers=64, levels=3, cf=4, T=4.0, relax="F", nested=False, tol=1e-11),
     # conv steps, two levels, F(CF)^2
     CheckCase(layers=8, levels=2, cf=4, relax="F(CF)^2", arch="conv", width=2, T=2.0),
+    # without the final relaxation: the backward pass linearises at MGRIT's last iterate
+    CheckCase(layers=16, levels=2, cf=4, T=4.0, width=6, final_relax=False),
+    # warm start from a pass on another batch of the same shape ...
+    CheckCase(layers=12, levels=3, cf=2, T=2.0, warm_start=True, warm_up_batch=4),
+    # ... and of another shape: a cold start
+    CheckCase(layers=12, levels=3, cf=2, T=2.0, warm_start=True, warm_up_batch=3),
 ]
+WARM, COLD = 7, 8
 EXACT = [c.levels == 1 for c in CASES]
 POISONED = [
     (CheckCase(layers=8, levels=2, cf=2), "layer", 5),
@@ -58,12 +65,19 @@ def _check(parallel_ranks, serial) -> None:
         assert diff["out"] <= bound and diff["x_grad"] <= bound and diff["grads"] <= bound, (case, diff)
 
 
+def _check_warm_starts(results) -> None:
+    for phase in ("forward", "backward"):
+        assert not results[WARM]["warm_up_stats"][phase]["warm"] and results[WARM]["stats"][phase]["warm"]
+        assert not results[COLD]["warm_up_stats"][phase]["warm"] and not results[COLD]["stats"][phase]["warm"]
+
+
 def test_one_process(one_process, serial) -> None:
     _check(one_process, serial)
     for case, res in zip(CASES, one_process[0]):
         if case.levels > 1:  # the multilevel cases really iterate, and converge
             assert res["stats"]["forward"]["converged"] and res["stats"]["backward"]["converged"]
     assert one_process[0][4]["stats"]["forward"]["iterations"] >= 8
+    _check_warm_starts(one_process[0])
 
 
 @pytest.mark.parametrize("nproc", [2, 3])
@@ -74,6 +88,8 @@ def test_processes(nproc, one_process, serial) -> None:
     # Ownership: contiguous blocks, every layer on exactly one rank.
     owned = [layer for rank in grads for layer in rank[0]["owned_layers"]]
     assert owned == list(range(CASES[0].layers))
+    for rank in grads:
+        _check_warm_starts(rank)
     # A correct MGRIT has the same residual history for any number of processes.
     for c, case in enumerate(CASES):
         ref = one_process[0][c]["stats"]

@@ -21,15 +21,22 @@ Design (see the module docstrings for the details):
   ``lambda_k = lambda_{k+1} + h J_{f_k}(x_k)^T lambda_{k+1}`` with MGRIT in reversed time, on
   ``ReversedComm`` and the mirrored partition (each rank keeps its layers and states),
   linearised at the forward solution (coarse levels: the injected states, the coarse layers,
-  the larger step: the exact adjoint of the coarse forward step).  Then each rank computes
-  ``h (d f_k/d theta_k)^T lambda_{k+1}`` for its own layers in one batch; the opening layer
-  gets ``lambda_0``.  Converged, everything equals the serial autograd to the tolerance; with
-  one level (the exact pass, pipelined over the ranks) to rounding.
+  the larger step: the exact adjoint of the coarse forward step).  The forward solve's last
+  sweep keeps its steps with their autograd graphs, so every adjoint step is a backward pass
+  through them (no recomputation), and the adjoint's last sweep takes each layer's
+  ``h (d f_k/d theta_k)^T lambda_{k+1}`` from the same backward pass as its step; the opening
+  layer gets ``lambda_0``.  Converged, everything equals the serial autograd to the tolerance.
+* One level (the exact pass): plain autograd through each rank's block of layers, pipelined
+  over the ranks (one process: the serial network itself); equal to serial to rounding.
+* ``final_relax`` (default on): each multilevel solve ends with C-, then F-relaxation and the
+  last point from the one before it (torchbraid's final FC relaxation), in the last sweep the
+  backward pass needs anyway; ``warm_start``: each solve starts from the previous call's
+  solution when the batch shape is the same (else cold); ``last_stats`` has the iterations.
 * Distribution (:mod:`~torchpint.layerpar.layout`): rank ``r`` owns the points ``[lo, hi)``
   and the layers whose input point it owns; before each forward it refreshes its copies of the
   few layers owned elsewhere that its first point on each level steps with (``lo - 1`` on the
-  finest level); after the adjoint solve it receives ``lambda_hi`` from the next rank for the
-  gradient of layer ``hi - 1``.  Opening and closing layers live on rank 0, which sends ``x_0``'s
+  finest level); after the forward solve it also keeps the step of layer ``hi - 1`` (computed
+  by the next rank, but adjoint-stepped here).  Opening and closing layers live on rank 0, which sends ``x_0``'s
   shape, receives ``x_L`` and sends ``dL/dx_L``; the output is shared with every rank so every
   rank runs the same training loop.
 * Steps of a batch of intervals are one call: vmapped over stacked weights (GPU) or a loop of
@@ -45,7 +52,7 @@ Design (see the module docstrings for the details):
 
 Limitations: step layers must be pure functions of (parameters, input) of the same shape
 (no batch norm buffers, no dropout); every rank keeps a full copy of the module (only the
-activations are distributed); no warm start of MGRIT from the previous batch's solution.
+activations are distributed).  Measurements: docs/layer-parallel.md.
 """
 
 from torchpint.layerpar.layout import LayerLayout, batch_shard, layer_data_comms, layer_data_ranks, plan_layout

@@ -9,9 +9,10 @@ The network is ``closing(x_L)`` with ``x_0 = opening(input)`` and ``x_{k+1} = x_
 (``h = T / layers``), i.e. exactly ``to_sequential()``.  The forward pass solves the chain of
 layers with MGRIT (:mod:`torchpint.engine`); the backward pass is the adjoint chain
 ``lambda_k = lambda_{k+1} + h J_{f_k}(x_k)^T lambda_{k+1}`` solved with MGRIT in reversed
-"time", linearised at the forward solution; then every rank computes the parameter gradients
-``h (d f_k / d theta_k)^T lambda_{k+1}`` of its own layers in one batched call.  Converged, both
-are the serial network's values to the tolerance; with one level they are the serial values.
+"time", linearised at the forward solution (the autograd graphs of the forward solve's last
+sweep); its last sweep also gives the parameter gradients ``h (d f_k / d theta_k)^T
+lambda_{k+1}``.  Converged, both are the serial network's values to the tolerance; with one
+level (plain autograd through each rank's block) they are the serial values.
 
 Distribution (``torch.distributed`` initialised, or an explicit ``comm``): every rank builds the
 whole module (same seed, same weights) and calls it with the same arguments, but computes with
@@ -26,7 +27,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -45,8 +47,8 @@ from torchpint.engine.comm import Comm
 from torchpint.engine.grid import layouts
 from torchpint.engine.level import Level
 from torchpint.engine.mgrit import ConfigError, parse_relax
-from torchpint.engine.relax import sequential_solve
-from torchpint.engine.state import all_finite, expand, flatten, put, tree_map, unflatten
+from torchpint.engine.relax import Cached, c_images, c_relax, f_relax, point_images, sequential_solve
+from torchpint.engine.state import State, flatten, length, put, take, unflatten
 from torchpint.engine.timing import PhaseTimer
 from torchpint.layerpar.layout import LayerLayout, plan_layout
 from torchpint.layerpar.problems import (
@@ -55,6 +57,9 @@ from torchpint.layerpar.problems import (
     FiniteTracker,
     ForwardProblem,
     LayerBank,
+    Linearisation,
+    check_step_shape,
+    finite,
 )
 
 __all__ = ["LayerParallel", "NonFiniteActivationError", "ResidualStep"]
@@ -84,10 +89,6 @@ class ResidualStep(nn.Module):
         return f"h={self.h:g}"
 
 
-_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool]
-_MAX_DIMS = 12
-
-
 class LayerParallel(nn.Module):
     """A residual network solved layer-parallel with MGRIT (forward) and adjoint MGRIT (backward).
 
@@ -103,9 +104,16 @@ class LayerParallel(nn.Module):
         fwd_max_iter, fwd_tol, fwd_rtol: forward solve: at most this many iterations, stop when the
             space-time residual's 2-norm is below ``fwd_tol`` (or ``fwd_rtol`` times the first one).
         bwd_max_iter, bwd_tol, bwd_rtol: the same for the adjoint solve.
-        step_mode: how a batch of steps through different layers is evaluated: ``"vmap"`` (one
-            ``torch.func.vmap`` call over stacked weights), ``"loop"`` (a call per layer) or
-            ``"auto"`` (vmap on CUDA, loop on CPU, where vmapped convolutions are slower).
+        step_mode: how the forward solve evaluates a batch of steps through different layers:
+            ``"vmap"`` (one ``torch.func.vmap`` call over stacked weights), ``"loop"`` (a call per
+            layer) or ``"auto"`` (vmap on CUDA, loop on CPU, where vmapped convolutions are slower).
+        final_relax: end each multilevel solve with a final relaxation (C, then F, then the last
+            point from the one before it, as torchbraid's final FC relaxation): with a fixed small
+            iteration count the output is closer to the serial network's, and the backward pass
+            linearises at those states.  Its steps are the ones the backward pass needs anyway.
+        warm_start: start each multilevel forward and adjoint solve from the previous call's
+            solution when the state's shape (batch) is the same (else, and on the first call, from
+            zeros).  The iterations are in ``last_stats[phase]["iterations"]`` and ``["warm"]``.
         comm: how the ranks of this network talk (default: torch.distributed if initialised with
             > 1 rank, else serial).
         data_comm: layer x data parallelism: the copies of this rank's layers in the other data
@@ -133,6 +141,8 @@ class LayerParallel(nn.Module):
         bwd_tol: float = 1e-9,
         bwd_rtol: float = 0.0,
         step_mode: str = "auto",
+        final_relax: bool = True,
+        warm_start: bool = False,
         comm: Comm | None = None,
         data_comm: Comm | None = None,
     ) -> None:
@@ -170,6 +180,10 @@ class LayerParallel(nn.Module):
         self.layers = nn.ModuleList(step_factory() for _ in range(layers))
         self._check_architecture()
         self.param_names = [name for name, _ in self.layers[0].named_parameters()]
+        self.final_relax = bool(final_relax)
+        self.warm_start = bool(warm_start)
+        # The last solution of each phase, with the (shape, dtype, device) of its state: warm starts.
+        self._previous: dict[str, tuple[tuple[Any, ...], torch.Tensor]] = {}
         self.last_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ ownership
@@ -204,17 +218,24 @@ class LayerParallel(nn.Module):
         weight is applied).
         """
         share = 1.0 / self.data_comm.size if weight is None else float(weight)
-        params = [p for p in self.local_parameters() if p.grad is not None]
-        parts = [p.grad * share for p in params] + ([extra.detach()] if extra is not None else [])
-        if not parts:
+        grads = [p.grad for p in self.local_parameters() if p.grad is not None]
+        if self.data_comm.size == 1:
+            for g in grads:
+                g.mul_(share)
+            return extra
+        if not grads and extra is None:
             return None
+        count = sum(g.numel() for g in grads)
         # Summed in float64; every copy receives the same bits, so the copies stay identical.
-        wide = [t.to(torch.float64) for t in parts]
-        total = self.data_comm.sum(flatten(wide)) if self.data_comm.size > 1 else flatten(wide)
-        values = unflatten(total, wide)
-        for p, value in zip(params, values):
-            p.grad.copy_(value)
-        return values[-1].to(extra.dtype) if extra is not None else None
+        flat = torch.cat([g.reshape(-1) for g in grads] + ([extra.detach().reshape(-1)] if extra is not None else []))
+        flat = flat.to(torch.float64)
+        flat[:count].mul_(share)
+        total = self.data_comm.sum(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(total[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return total[count:].view_as(extra).to(extra.dtype) if extra is not None else None
 
     def _check_architecture(self) -> None:
         first = [(n, tuple(p.shape), p.dtype) for n, p in self.layers[0].named_parameters()]
@@ -284,9 +305,14 @@ class LayerParallel(nn.Module):
             x0 = self.opening(x)
         else:
             x0 = torch.empty(0, dtype=reference.dtype, device=reference.device)
+        if self.levels == 1 and comm.size == 1:
+            return self.closing(self._serial_pass(x0))
         anchor = torch.zeros((), device=reference.device, requires_grad=torch.is_grad_enabled())
         owned = [p for k in self.owned_layers for p in self.layers[k].parameters()]
-        x_last = _LayerChain.apply(self, x0, anchor, *owned)
+        # A backward pass can follow (the anchor requires grad, on every rank alike): only then
+        # are the steps kept for it.
+        linearise = torch.is_grad_enabled()
+        x_last = _LayerChain.apply(self, linearise, x0, anchor, *owned)
         if comm.size == 1:
             return self.closing(x_last)
         out = self.closing(x_last) if comm.rank == 0 else x_last
@@ -312,9 +338,15 @@ class LayerParallel(nn.Module):
         comm.wait_sends()
         return replicas
 
-    def _solve(self, problem: Any, u0: torch.Tensor, adjoint: bool, serial: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The forward or adjoint chain on this rank's block: MGRIT, or (``serial`` or one level) the
-        exact pass, pipelined over the ranks.  Returns the states and the statistics."""
+    def _solve(
+        self, problem: ForwardProblem | AdjointProblem, u0: torch.Tensor, adjoint: bool, *, serial: bool = False,
+        guess: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The forward or adjoint chain on this rank's block: MGRIT ending with the problem's last
+        sweep (:func:`_last_sweep`), or (``serial`` or one level) the exact pass through the engine,
+        pipelined over the ranks, as a whole last sweep (what a diagnosis re-runs with every step
+        watched).  ``guess``: this rank's block of a previous solution (warm start).  Returns the
+        states and the statistics."""
         comm = ReversedComm(self.comm) if adjoint else self.comm
         partition = self.layout.adjoint_partition() if adjoint else list(self.layout.ranges)
         grid = time_grid(0.0, self.T, self.num_layers + 1)
@@ -324,119 +356,265 @@ class LayerParallel(nn.Module):
             # evaluation, which would cost a second pass: one level is exact after one pass.
             (layout,) = layouts([grid], [], comm.rank, comm.size, partition)
             level = Level(0, layout, problem, comm, PhaseTimer(), template=u0)
-            level.u = tree_map(torch.zeros_like, expand(u0, layout.n_local))
+            level.u = u0.new_zeros((layout.n_local, *u0.shape))
             if layout.lo == 0:
                 put(level.u, 0, u0)
-            sequential_solve(level)
+            problem.last_sweep(True)
+            try:
+                sequential_solve(level)
+            finally:
+                problem.last_sweep(False)
             comm.wait_sends()
-            bad = torch.tensor([0.0 if all_finite(level.u) else 1.0], dtype=torch.float64)
-            if float(comm.sum(bad)) > 0:  # every rank learns it, and stops the same way
-                raise NonFiniteError(1, "the exact (one-level) pass")
-            stats = {"iterations": 1, "residuals": [], "converged": True, "steps_per_level": [level.steps_taken]}
-            states = level.u
+            stats: dict[str, Any] = {"iterations": 1, "residuals": [], "converged": True,
+                                     "steps_per_level": [level.steps_taken], "phase_seconds": level.timer.as_dict()}
         else:
             options = self.bwd if adjoint else self.fwd
-            result = MGRIT(
+            mgrit = _WarmMGRIT(
                 problem, grid, levels=self.levels, cf=self.cf, relax=self.relax, cycle=self.cycle,
                 nested=self.nested, tol=options["tol"], rtol=options["rtol"], max_iter=int(options["max_iter"]),
                 comm=comm, gather=False, partition=partition,
-            ).solve(u0)
+            )
+            if guess is not None and partition[comm.rank][0] == 0:
+                guess = guess.clone()
+                guess[0] = u0  # the previous solution, but this call's initial value
+            result = mgrit.solve(u0, guess=guess)  # a guess replaces the zeros (and nested iteration)
+            level = mgrit.finest
+            before = level.steps_taken
+            with level.timer.phase("last_sweep"):
+                _last_sweep(level, problem, self.final_relax, mgrit.cached)
+            comm.wait_sends()
+            steps = list(result.steps_per_level)
+            steps[0] += level.steps_taken - before
             stats = {"iterations": result.iterations, "residuals": result.residuals, "converged": result.converged,
-                     "steps_per_level": result.steps_per_level}
-            states = result.u
+                     "steps_per_level": steps, "phase_seconds": level.timer.as_dict()}
+        # MGRIT checks every iteration's residual; this covers the exact pass and the last sweep.
+        bad = torch.tensor([0.0 if finite(level.u) else 1.0], dtype=torch.float64)
+        if float(comm.sum(bad)) > 0:  # every rank learns it, and stops the same way
+            raise NonFiniteError(stats["iterations"], "the exact pass" if serial or self.levels == 1 else "the last sweep")
+        stats["warm"] = guess is not None
         stats["seconds"] = time.perf_counter() - start
-        assert isinstance(states, torch.Tensor)
-        return states, stats
+        assert isinstance(level.u, torch.Tensor)
+        return level.u, stats
 
     def _share_template(self, x0: torch.Tensor) -> torch.Tensor:
-        """A zero state shaped like ``x_0`` on every rank (rank 0 sends the shape)."""
+        """A zero state shaped like ``x_0`` on every rank (rank 0 sends it)."""
+        if self.comm.size == 1:
+            return torch.zeros_like(x0)
         device = next(self.layers[0].parameters()).device
-        return _broadcast_tensor(self.comm, x0 if self.comm.rank == 0 else None, data=False, device=device)
+        return torch.zeros_like(self.comm.broadcast(x0 if self.comm.rank == 0 else None)).to(device)
 
-    def _forward_solve(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, LayerBank]:
-        """MGRIT over the layers: this rank's block of states, ``x_L`` on rank 0, the layer bank."""
-        comm, layout = self.comm, self.layout
-        rank, last = comm.rank, comm.size - 1
+    def _warm_guess(self, phase: str, template: torch.Tensor) -> torch.Tensor | None:
+        """The previous solution of ``phase`` if warm starts are on and it fits (else a cold start)."""
+        if not self.warm_start or self.levels == 1:
+            return None
+        previous = self._previous.get(phase)
+        key = (tuple(template.shape), template.dtype, template.device)
+        if previous is None or previous[0] != key:
+            return None  # the same decision on every rank: every rank knows x_0's shape
+        return previous[1]
+
+    def _remember(self, phase: str, template: torch.Tensor, states: torch.Tensor) -> None:
+        if self.warm_start and self.levels > 1:
+            self._previous[phase] = ((tuple(template.shape), template.dtype, template.device), states.detach())
+
+    def _bank(self, replicas: list[int]) -> LayerBank:
+        """The layers this rank steps with: its own and ``replicas``."""
+        stepping = sorted(set(self.owned_layers) | set(replicas))
+        return LayerBank({k: self.layers[k] for k in stepping}, self.num_layers, self.step_mode)
+
+    def _forward_solve(
+        self, x0: torch.Tensor, linearise: bool, params: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, _ExactPass | ForwardProblem, torch.Tensor]:
+        """The forward pass: ``x_L`` on rank 0, what the backward pass needs (with ``linearise``)
+        and a zero state.  ``params``: the owned layers' parameters, in order."""
         template = self._share_template(x0)
-        u0 = x0.detach() if rank == 0 else template
-        replicas = self._exchange_replicas()
-        lo, hi = layout.ranges[rank]
-        stepping = sorted(set(range(lo, min(hi, self.num_layers))) | set(replicas))
-        bank = LayerBank({k: self.layers[k] for k in stepping}, self.num_layers, self.step_mode)
-        tracker = FiniteTracker()
-        try:
-            states, self.last_stats["forward"] = self._solve(ForwardProblem(bank, self.h, tracker), u0, adjoint=False)
-        except NonFiniteError as error:
-            bad_input = rank == 0 and not bool(torch.isfinite(u0).all())
+        u0 = x0.detach() if self.comm.rank == 0 else template
+        if self.levels == 1:
+            exact = self._exact_forward(u0, template, linearise, params)
+            x_last = self._to_first_rank(exact.out.detach(), template)
+            return x_last, exact, template
+        problem, states = self._forward_mgrit(u0, template, linearise)
+        return self._to_first_rank(states[-1], template), problem, template
+
+    def _to_first_rank(self, value: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+        """The last rank's ``value`` (the last point) on rank 0; an empty state elsewhere."""
+        comm, last = self.comm, self.comm.size - 1
+        if last == 0:
+            return value
+        if comm.rank == last:
+            comm.isend(value, 0)
+            comm.wait_sends()
+        return comm.recv_tensor(template.shape, template.dtype, last) if comm.rank == 0 else template[:0]
+
+    def _serial_pass(self, x0: torch.Tensor) -> torch.Tensor:
+        """One level on one process: the serial network itself, under plain autograd."""
+        start = time.perf_counter()
+        x = x0
+        for layer in self.layers:
+            f = layer(x)
+            check_step_shape(x, f)
+            x = x + self.h * f
+        if not finite(x):
+            def serial_pass(fine: FiniteTracker) -> None:
+                self._solve(_tracked(ForwardProblem(self._bank([]), self.h), fine), x0.detach(), adjoint=False)
+
+            raise self._diagnose("forward", not finite(x0), serial_pass)
+        self.last_stats["forward"] = {"iterations": 1, "residuals": [], "converged": True, "warm": False,
+                                      "steps_per_level": [self.num_layers], "seconds": time.perf_counter() - start}
+        # The backward pass is autograd's own (its NaN/Inf are not diagnosed, as in the serial network).
+        self.last_stats["backward"] = {"iterations": 1, "residuals": [], "converged": True, "warm": False,
+                                       "steps_per_level": [self.num_layers]}
+        return x
+
+    def _exact_forward(self, u0: torch.Tensor, template: torch.Tensor, linearise: bool, params: list[torch.Tensor]) -> _ExactPass:
+        """One level: the serial pass through this rank's block of layers with plain autograd
+        (pipelined: from the previous rank's last state to the next rank)."""
+        comm, rank = self.comm, self.comm.rank
+        start = time.perf_counter()
+        x = u0 if rank == 0 else comm.recv_tensor(template.shape, template.dtype, rank - 1)
+        inputs = []
+        with torch.set_grad_enabled(linearise):
+            leaf = x.detach().requires_grad_(linearise)
+            x = leaf
+            for k in self.owned_layers:
+                inputs.append(x)
+                f = self.layers[k](x)
+                check_step_shape(x, f)
+                x = x + self.h * f
+        if rank < comm.size - 1:
+            comm.isend(x.detach(), rank + 1)
+        comm.wait_sends()
+        exact = _ExactPass(leaf, x, inputs, params)
+        bad = torch.tensor([0.0 if finite(x) else 1.0], dtype=torch.float64)
+        if float(comm.sum(bad)) > 0:  # every rank learns it, and stops the same way
+            bank = self._bank(self._exchange_replicas())
+            bad_input = rank == 0 and not finite(u0)
 
             def serial_pass(fine: FiniteTracker) -> None:
-                self._solve(ForwardProblem(bank, self.h, fine), u0, adjoint=False, serial=True)
+                self._solve(_tracked(ForwardProblem(bank, self.h), fine), u0, adjoint=False)
 
-            raise self._diagnose("forward", tracker, bad_input, error, serial_pass) from None
-        if rank == last and last != 0:
-            comm.send(states[-1], 0)
-        x_last = states[-1] if last == 0 else (_recv_tensor(comm, template, last) if rank == 0 else template[:0])
+            raise self._diagnose("forward", bad_input, serial_pass)
+        self.last_stats["forward"] = {"iterations": 1, "residuals": [], "converged": True, "warm": False,
+                                      "steps_per_level": [len(inputs)], "seconds": time.perf_counter() - start}
+        return exact
+
+    def _exact_backward(self, exact: _ExactPass, lam_hi: torch.Tensor | None, template: torch.Tensor
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One level: the serial backward pass through this rank's block (one autograd call), from
+        ``lambda_hi`` (the next rank's); returns ``lambda_lo`` and the owned parameters' gradients."""
+        comm, rank = self.comm, self.comm.rank
+        start = time.perf_counter()
+        if lam_hi is None:
+            lam_hi = comm.recv_tensor(template.shape, template.dtype, rank + 1)
+        params = exact.params
+        wanted = [p for p in params if p.requires_grad]
+        found = torch.autograd.grad(exact.out, [exact.leaf, *wanted], lam_hi, allow_unused=True)
+        lam_lo = found[0] if found[0] is not None else torch.zeros_like(lam_hi)
+        if rank > 0:
+            comm.isend(lam_lo, rank - 1)
         comm.wait_sends()
-        return states, x_last, bank
+        by_id = {id(p): g for p, g in zip(wanted, found[1:])}
+        grads = [g if (g := by_id.get(id(p))) is not None else torch.zeros_like(p) for p in params]
+        bad = torch.tensor([0.0 if finite(lam_lo) else 1.0], dtype=torch.float64)
+        if float(comm.sum(bad)) > 0:
+            bad_input = rank == comm.size - 1 and not finite(lam_hi)
+            bank = self._bank([])
+            lin = Linearisation()
+            for k, x in zip(self.owned_layers, exact.inputs):
+                lin.step(bank, k, x)
+
+            def serial_pass(fine: FiniteTracker) -> None:
+                problem = _tracked(AdjointProblem(bank, lin, self.num_layers, self.h), fine)
+                self._solve(problem, lam_hi.detach() if rank == comm.size - 1 else template, adjoint=True)
+
+            raise self._diagnose("backward", bad_input, serial_pass)
+        self.last_stats["backward"] = {"iterations": 1, "residuals": [], "converged": True, "warm": False,
+                                       "steps_per_level": [len(exact.inputs)], "seconds": time.perf_counter() - start}
+        return lam_lo, grads
+
+    def _forward_mgrit(self, u0: torch.Tensor, template: torch.Tensor, linearise: bool) -> tuple[ForwardProblem, torch.Tensor]:
+        """Several levels: forward MGRIT and its last sweep; the problem (with the linearisation) and
+        this rank's states."""
+        rank = self.comm.rank
+        lo, hi = self.layout.ranges[rank]
+        bank = self._bank(self._exchange_replicas())
+        problem = ForwardProblem(bank, self.h, linearise)
+        guess = self._warm_guess("forward", template)
+        try:
+            states, self.last_stats["forward"] = self._solve(problem, u0, adjoint=False, guess=guess)
+        except NonFiniteError:
+            bad_input = rank == 0 and not finite(u0)
+
+            def serial_pass(fine: FiniteTracker) -> None:
+                self._solve(_tracked(ForwardProblem(bank, self.h), fine), u0, adjoint=False, serial=True)
+
+            def rerun(tracker: FiniteTracker) -> None:
+                self._solve(_tracked(ForwardProblem(bank, self.h), tracker), u0, adjoint=False, guess=guess)
+
+            raise self._diagnose("forward", bad_input, serial_pass, rerun) from None
+        self._remember("forward", template, states)
+        if hi <= self.num_layers and linearise:
+            # Layer hi - 1 steps into the next rank's first point, so that rank computed it; the
+            # adjoint step of layer hi - 1 happens here, at the state x_{hi-1} this rank owns.
+            problem.linearisation.step(bank, hi - 1, states[-1])
+        return problem, states
 
     def _backward_solve(
-        self, states: torch.Tensor, bank: LayerBank, grad_last: torch.Tensor | None
+        self, saved: _ExactPass | ForwardProblem, template: torch.Tensor, grad_last: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """Adjoint MGRIT, then the parameter gradients of the owned layers; ``lambda_0`` on rank 0."""
-        comm, layout = self.comm, self.layout
+        """The backward pass: ``lambda_0`` on rank 0 and the gradients of the owned parameters."""
+        comm = self.comm
         rank, last = comm.rank, comm.size - 1
-        template = torch.zeros_like(states[0])
         if rank == 0 and last != 0:
             assert grad_last is not None
-            comm.send(grad_last, last)
+            comm.isend(grad_last, last)
+            comm.wait_sends()
+        lam_last = None
         if rank == last:
-            lam_last = grad_last if last == 0 else _recv_tensor(comm, template, 0)
-            assert lam_last is not None
-        else:
-            lam_last = template
-        comm.wait_sends()
-        lo, hi = layout.ranges[rank]
-        tracker = FiniteTracker()
-        problem = AdjointProblem(bank, states, lo, self.num_layers, self.h, tracker)
-        start = time.perf_counter()
+            lam_last = grad_last if last == 0 else comm.recv_tensor(template.shape, template.dtype, 0)
+        if isinstance(saved, _ExactPass):
+            lam0, grads = self._exact_backward(saved, lam_last, template)
+            return (lam0 if rank == 0 else None), grads
+        return self._adjoint_mgrit(saved, template, lam_last)
+
+    def _adjoint_mgrit(
+        self, forward: ForwardProblem, template: torch.Tensor, lam_last: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Several levels: adjoint MGRIT, whose last sweep also gives the parameter gradients."""
+        rank, last = self.comm.rank, self.comm.size - 1
+        u0 = lam_last.detach() if lam_last is not None else template
+        problem = AdjointProblem(forward.bank, forward.linearisation, self.num_layers, self.h)
+        guess = self._warm_guess("adjoint", template)
         try:
-            lam, stats = self._solve(problem, lam_last.detach(), adjoint=True)
-        except NonFiniteError as error:
-            bad_input = rank == last and not bool(torch.isfinite(lam_last).all())
+            lam, self.last_stats["backward"] = self._solve(problem, u0, adjoint=True, guess=guess)
+        except NonFiniteError:
+            bad_input = rank == last and not finite(u0)
+
+            def tracked(tracker: FiniteTracker) -> AdjointProblem:
+                return _tracked(AdjointProblem(forward.bank, forward.linearisation, self.num_layers, self.h), tracker)
 
             def serial_pass(fine: FiniteTracker) -> None:
-                exact = AdjointProblem(bank, states, lo, self.num_layers, self.h, fine)
-                self._solve(exact, lam_last.detach(), adjoint=True, serial=True)
+                self._solve(tracked(fine), u0, adjoint=True, serial=True)
 
-            raise self._diagnose("backward", tracker, bad_input, error, serial_pass) from None
-        lam = lam.flip(0)  # lambda_k for k = lo .. hi-1
-        # lambda at hi (the next rank's first point) for the gradient of layer hi - 1.
-        if rank > 0:
-            comm.send(lam[0], rank - 1)
-        lam_next = lam[1:]
-        if rank < last:
-            lam_next = torch.cat([lam_next, _recv_tensor(comm, template, rank + 1).unsqueeze(0)])
-        comm.wait_sends()
-        owned = list(range(lo, min(hi, self.num_layers)))
-        idx = torch.tensor(owned, dtype=torch.long)
-        n = len(owned)
-        grads = bank.vjp_params(idx, states[:n], self.h * lam_next[:n])
-        stats["solve_seconds"] = stats["seconds"]
-        stats["seconds"] = time.perf_counter() - start  # with the parameter gradients
-        self.last_stats["backward"] = stats
-        flat = [grads[name][i] for i in range(n) for name in self.param_names]
-        return (lam[0] if rank == 0 else None), flat
+            def rerun(tracker: FiniteTracker) -> None:
+                self._solve(tracked(tracker), u0, adjoint=True, guess=guess)
+
+            raise self._diagnose("backward", bad_input, serial_pass, rerun) from None
+        self._remember("adjoint", template, lam)
+        grads = [g for k in self.owned_layers for g in problem.grads[k]]
+        return (lam[-1] if rank == 0 else None), grads
 
     def _diagnose(
-        self, phase: str, tracker: FiniteTracker, bad_input: bool, error: NonFiniteError,
-        serial_pass: Callable[[FiniteTracker], None],
+        self, phase: str, bad_input: bool, serial_pass: Callable[[FiniteTracker], None],
+        rerun: Callable[[FiniteTracker], None] | None = None,
     ) -> NonFiniteActivationError:
-        """One message, the same on every rank, after an MGRIT solve went non-finite.
+        """One message, the same on every rank (collective), after a pass went non-finite.
 
-        The input first; then the exact (one-level, pipelined) pass tells whether the network
-        itself turns finite values into NaN/Inf, and at which layer; if it does not, a coarse
-        level is to blame (its larger steps are unstable), and the first coarse step that went
-        non-finite is named.
+        The input first; then the exact pass through the engine (one level, pipelined, every step
+        watched) tells whether the network itself turns finite values into NaN/Inf, and at which
+        layer; if it does not, a coarse level of the MGRIT solve is to blame (its larger steps are
+        unstable), and the first coarse step that went non-finite in the solve run again with every
+        step watched (``rerun``) is named.
         """
         flag = torch.tensor([float(bad_input)], dtype=torch.float64)
         if float(self.comm.sum(flag)) > 0:
@@ -448,15 +626,19 @@ class LayerParallel(nn.Module):
             return NonFiniteActivationError(f"{phase} pass: {what}", None, phase)
         fine_tracker = FiniteTracker()
         failed = 0.0
-        if self.levels > 1:
-            try:
-                serial_pass(fine_tracker)
-            except NonFiniteError:
-                failed = 1.0
-        else:
-            fine_tracker, failed = tracker, 1.0
+        try:
+            serial_pass(fine_tracker)
+        except NonFiniteError:
+            failed = 1.0
         fine, _, _ = fine_tracker.first()
-        _, coarse, span = tracker.first()
+        coarse, span = -1, -1
+        if rerun is not None and not failed:
+            tracker = FiniteTracker()
+            try:
+                rerun(tracker)
+            except NonFiniteError:
+                pass
+            _, coarse, span = tracker.first()
         local = torch.tensor([failed, fine, coarse, span], dtype=torch.float64)
         rows = [r.tolist() for r in self.comm.all_gather_sizes(local)]
         fines = [int(r[1]) for r in rows if r[1] >= 0]
@@ -479,56 +661,38 @@ class LayerParallel(nn.Module):
                 k,
                 phase,
             )
-        return NonFiniteActivationError(f"{phase} pass: {error}", None, phase)
+        return NonFiniteActivationError(f"{phase} pass: NaN/Inf appeared, but no single step could be blamed", None, phase)
 
 
-def _broadcast_tensor(
-    comm: Comm, value: torch.Tensor | None, *, data: bool, device: torch.device | None = None, root: int = 0
-) -> torch.Tensor:
-    """``value`` from ``root`` to every rank (point-to-point): the tensor, or zeros of its shape."""
-    if comm.size == 1:
-        assert value is not None
-        return value if data else torch.zeros_like(value)
-    header_template = torch.zeros(_MAX_DIMS + 2, dtype=torch.int64)
-    if comm.rank == root:
-        assert value is not None
-        if value.dim() > _MAX_DIMS:
-            raise ValueError(f"activations with more than {_MAX_DIMS} dimensions are not supported")
-        header = header_template.clone()
-        header[0] = value.dim()
-        header[1] = _DTYPES.index(value.dtype)
-        header[2 : 2 + value.dim()] = torch.tensor(value.shape, dtype=torch.int64)
-        for rank in range(comm.size):
-            if rank != root:
-                comm.send(header, rank)
-                if data:
-                    comm.send(value.detach(), rank)
-        comm.wait_sends()
-        return value if data else torch.zeros_like(value)
-    header = _recv_tensor(comm, header_template, root)
-    ndim = int(header[0])
-    shape = [int(d) for d in header[2 : 2 + ndim]]
-    dtype = _DTYPES[int(header[1])]
-    zeros = torch.zeros(shape, dtype=dtype, device=device)
-    if not data:
-        return zeros
-    return _recv_tensor(comm, zeros, root)
+_Watched = TypeVar("_Watched", ForwardProblem, AdjointProblem)
 
 
-def _recv_tensor(comm: Comm, template: torch.Tensor, src: int) -> torch.Tensor:
-    value = comm.recv(template, src)
-    assert isinstance(value, torch.Tensor)
-    return value
+def _tracked(problem: _Watched, tracker: FiniteTracker) -> _Watched:
+    """``problem`` with every step watched for NaN/Inf by ``tracker`` (a diagnosis)."""
+    problem.tracker = tracker
+    return problem
+
+
+@dataclass
+class _ExactPass:
+    """One level: this rank's block of the serial network, run with autograd (``leaf`` -> ``out``);
+    ``inputs``: the input of every owned layer (for a diagnosis)."""
+
+    leaf: torch.Tensor
+    out: torch.Tensor
+    inputs: list[torch.Tensor]
+    params: list[torch.Tensor]  # the owned layers', in order
 
 
 class _LayerChain(torch.autograd.Function):
     """``x_L`` from ``x_0`` by forward MGRIT; the backward pass by adjoint MGRIT."""
 
     @staticmethod
-    def forward(ctx: Any, net: LayerParallel, x0: torch.Tensor, anchor: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        states, x_last, bank = net._forward_solve(x0)
-        ctx.net, ctx.states, ctx.bank = net, states, bank
-        ctx.x0_shape = x0.shape
+    def forward(
+        ctx: Any, net: LayerParallel, linearise: bool, x0: torch.Tensor, anchor: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        x_last, problem, template = net._forward_solve(x0, linearise, list(params))
+        ctx.net, ctx.problem, ctx.template = net, problem, template
         return x_last.clone() if net.comm.rank == 0 else x_last
 
     @staticmethod
@@ -539,12 +703,12 @@ class _LayerChain(torch.autograd.Function):
         if net.comm.rank != 0:
             grad_last = None  # the gradient of the loss comes from rank 0
         elif grad_last is None:  # pragma: no cover - autograd passes zeros for unused outputs
-            grad_last = torch.zeros_like(ctx.states[0])
-        grad_x0, grads = net._backward_solve(ctx.states, ctx.bank, grad_last)
-        ctx.states = ctx.bank = None
-        if not ctx.needs_input_grad[1]:
+            grad_last = torch.zeros_like(ctx.template)
+        grad_x0, grads = net._backward_solve(ctx.problem, ctx.template, grad_last)
+        ctx.problem = None  # the linearisation's graphs
+        if not ctx.needs_input_grad[2]:
             grad_x0 = None
-        return (None, grad_x0, None, *grads)
+        return (None, None, grad_x0, None, *grads)
 
 
 class _ShareOutput(torch.autograd.Function):
@@ -554,8 +718,7 @@ class _ShareOutput(torch.autograd.Function):
     def forward(ctx: Any, net: LayerParallel, out: torch.Tensor) -> torch.Tensor:
         ctx.rank = net.comm.rank
         ctx.in_shape, ctx.in_dtype, ctx.in_device = out.shape, out.dtype, out.device
-        value = out.detach() if net.comm.rank == 0 else None
-        shared = _broadcast_tensor(net.comm, value, data=True, device=out.device)
+        shared = net.comm.broadcast(out.detach() if net.comm.rank == 0 else None).to(out.device)
         return shared.clone() if net.comm.rank == 0 else shared
 
     @staticmethod
@@ -564,3 +727,50 @@ class _ShareOutput(torch.autograd.Function):
         if ctx.rank == 0:
             return None, grad
         return None, torch.zeros(ctx.in_shape, dtype=ctx.in_dtype, device=ctx.in_device)
+
+
+class _WarmMGRIT(MGRIT):
+    """The engine's MGRIT, keeping its finest level and the C-point images of its last residual
+    evaluation for the last sweep."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cached: Cached | None = None
+
+    def _setup(self, u0: State, timer: PhaseTimer) -> list[Level]:
+        levels = super()._setup(u0, timer)
+        self.finest = levels[0]
+        return levels
+
+    def _residual_norm(self, finest: Level) -> tuple[float, Cached]:
+        norm, self.cached = super()._residual_norm(finest)
+        return norm, self.cached
+
+
+def _last_sweep(level: Level, problem: ForwardProblem | AdjointProblem, final_relax: bool, cached: Cached | None) -> None:
+    """The sweep after the last MGRIT iteration, during which the problem keeps what the backward
+    pass needs (the forward problem its steps, as the linearisation; the adjoint problem the
+    parameter gradients): every layer of this rank steps once.
+
+    ``final_relax``: C-relaxation (from the images the last residual evaluation computed), then
+    F-relaxation, then the images at the C-points once more, of which only the last point's is kept:
+    every layer's input is the output of the layer before it but at the C-points, and the last
+    point is the step from the one before it (the network's output, or ``lambda_0``).  Without it:
+    one step out of every point of the solution as it is.
+    """
+    if final_relax:
+        c_relax(level, cached=cached)
+        problem.last_sweep(True)
+        try:
+            f_relax(level)
+            images = c_images(level)
+        finally:
+            problem.last_sweep(False)
+        if images is not None and level.layout.hi == level.layout.n:
+            put(level.u, level.layout.n_local - 1, take(images[1], length(images[1]) - 1))
+        return
+    problem.last_sweep(True)
+    try:
+        point_images(level, level.u, every_point=True, with_g=False)
+    finally:
+        problem.last_sweep(False)

@@ -8,6 +8,11 @@ fine level steps with exactly the ``h`` of the serial network and a coarse level
 :class:`LayerBank` evaluates them: one ``torch.func.vmap`` call over the stacked weights of the
 layers involved, or a loop of module calls), so an F-relaxation is one batched call over all
 C-intervals.
+
+The forward pass's last sweep keeps its steps with their autograd graphs (a
+:class:`Linearisation`); every adjoint step is a backward pass through them (no forward
+recomputation), and the adjoint's last sweep takes the parameter gradients from the same
+backward passes as its steps.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import functional_call, vjp, vmap
+from torch.func import functional_call, vmap
 
 from torchpint.engine.problem import BatchedProblem
 
@@ -26,12 +31,12 @@ STEP_MODES = ("auto", "vmap", "loop")
 class LayerBank:
     """The step layers one rank can step with (its own, and replicas of a few others).
 
-    ``modules[k]`` is layer ``k`` with current weights.  ``mode`` says how a batch of steps
-    through different layers is evaluated: ``"vmap"`` (the weights of the layers involved
-    stacked, one ``torch.func.vmap`` call of ``functional_call``: one kernel per operation, what
-    a GPU wants) or ``"loop"`` (one plain module call per layer, and autograd for the VJPs:
-    faster on CPU, where a vmapped convolution becomes a slower grouped convolution);
-    ``"auto"`` picks vmap on CUDA and the loop elsewhere.
+    ``modules[k]`` is layer ``k`` with current weights.  ``mode`` says how the forward solve's
+    batch of steps through different layers is evaluated: ``"vmap"`` (the weights of the layers
+    involved stacked, one ``torch.func.vmap`` call of ``functional_call``: one kernel per
+    operation, what a GPU wants) or ``"loop"`` (one plain module call per layer: faster on CPU,
+    where a vmapped convolution becomes a slower grouped convolution); ``"auto"`` picks vmap on
+    CUDA and the loop elsewhere.  Recorded steps (:class:`Linearisation`) are module calls.
     """
 
     def __init__(self, modules: dict[int, nn.Module], layers: int, mode: str = "auto") -> None:
@@ -41,19 +46,12 @@ class LayerBank:
         self.layers = layers
         self.template = next(iter(modules.values()))  # the architecture; functional_call swaps its weights
         self.names = [name for name, _ in self.template.named_parameters()]
+        self._trainable: dict[int, list[nn.Parameter]] = {}
         device = next(self.template.parameters()).device
         self.vmap = mode == "vmap" or (mode == "auto" and device.type == "cuda")
 
-    def _ids(self, layer: torch.Tensor) -> list[int]:
-        ids = layer.tolist()
-        missing = sorted({k for k in ids if k not in self.modules})
-        if missing:
-            raise RuntimeError(f"internal error: layers {missing} are not available on this rank")
-        return ids
-
-    def stacked(self, layer: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stacked(self, ids: list[int]) -> dict[str, torch.Tensor]:
         """The weights of the given layers, stacked along a new leading axis (detached)."""
-        ids = self._ids(layer)
         return {
             name: torch.stack([self.modules[k].get_parameter(name).detach() for k in ids]) for name in self.names
         }
@@ -62,54 +60,89 @@ class LayerBank:
         """The step layer with ``params`` on one state."""
         return functional_call(self.template, params, (x,))
 
-    # ------------------------------------------------------------------ the three operations
-    def forward(self, layer: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``f_{layer[i]}(u[i])`` for every ``i``."""
-        if self.vmap:
-            return vmap(self.f)(self.stacked(layer), u)
+    def step(
+        self, ids: list[int], u: torch.Tensor, scale: list[float], out: torch.Tensor, record: Linearisation | None = None
+    ) -> None:
+        """``out[i] = u[i] + scale[i] f_{ids[i]}(u[i])`` for every ``i``; with ``record``, each ``f`` is
+        kept with its graph."""
+        missing = sorted({k for k in ids if k not in self.modules})
+        if missing:
+            raise RuntimeError(f"internal error: layers {missing} are not available on this rank")
+        if record is None and self.vmap:
+            f = vmap(self.f)(self.stacked(ids), u)
+            check_step_shape(u[0], f[0])
+            torch.addcmul(u, torch.tensor(scale, dtype=u.dtype, device=u.device).view(-1, *([1] * (u.dim() - 1))), f,
+                          out=out)
+            return
         with torch.no_grad():
-            return torch.stack([self.modules[k](u[i]) for i, k in enumerate(self._ids(layer))])
+            for k, x, s, y in zip(ids, u.unbind(0), scale, out.unbind(0)):  # unbind: one call for all views
+                f = record.step(self, k, x) if record is not None else self.modules[k](x)
+                check_step_shape(x, f)
+                torch.add(x, f, alpha=s, out=y)  # one pass, straight into the result
 
-    def vjp_input(self, layer: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``J_{f_k}(x_k)^T v_k`` with respect to the input, for every ``k`` of ``layer``."""
-        if self.vmap:
+    def trainable(self, k: int) -> list[nn.Parameter]:
+        """Layer ``k``'s parameters that want gradients (frozen ones get zeros)."""
+        if k not in self._trainable:  # a bank lives for one pass: the flags cannot change meanwhile
+            self._trainable[k] = [p for p in self.modules[k].parameters() if p.requires_grad]
+        return self._trainable[k]
 
-            def one(params: dict[str, torch.Tensor], xk: torch.Tensor, vk: torch.Tensor) -> torch.Tensor:
-                pull = vjp(lambda xx: self.f(params, xx), xk)[1]
-                return pull(vk)[0]
+    def param_grads(self, k: int, found: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """``found`` (the gradients of :meth:`trainable`, ``None`` where unused) for every parameter, by name."""
+        given = dict(zip((id(p) for p in self.trainable(k)), found))
+        out = []
+        for p in self.modules[k].parameters():
+            g = given.get(id(p))
+            out.append(g if g is not None else torch.zeros_like(p))
+        return out
 
-            return vmap(one)(self.stacked(layer), x, v)
-        ids = self._ids(layer)
+
+class Linearisation:
+    """The steps ``f_k(x_k)`` of the forward pass's last sweep, kept with their autograd graphs.
+
+    Every adjoint step of layer ``k``, on every level (a coarse step of layer ``k`` linearises at
+    the same state ``x_k``), is ``J_{f_k}(x_k)^T v``: a backward pass through the kept graph, with no
+    forward recomputation; the adjoint's last sweep also takes the parameter gradient from it.
+    Each ``x_k`` is its own leaf (a copy: the solver overwrites its trajectory in place).
+    """
+
+    def __init__(self) -> None:
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+
+    def step(self, bank: LayerBank, k: int, x: torch.Tensor) -> torch.Tensor:
+        """``f_k(x)``, kept with its graph (returned detached)."""
         with torch.enable_grad():
-            xs = x.detach().requires_grad_(True)
-            outs = [self.modules[k](xs[i]) for i, k in enumerate(ids)]
-            (grad,) = torch.autograd.grad(outs, [xs], [v[i] for i in range(len(ids))])
-        return grad
+            leaf = x.detach().clone().requires_grad_(True)
+            f = bank.modules[k](leaf)
+        self.inputs[k], self.outputs[k] = leaf, f
+        return f.detach()
 
-    def vjp_params(self, layer: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(d f_k / d theta_k)^T v_k`` for every ``k`` of ``layer``, stacked by parameter name."""
-        if self.vmap:
-
-            def one(params: dict[str, torch.Tensor], xk: torch.Tensor, vk: torch.Tensor) -> dict[str, torch.Tensor]:
-                pull = vjp(lambda p: self.f(p, xk), params)[1]
-                return pull(vk)[0]
-
-            return vmap(one)(self.stacked(layer), x, v)
-        ids = self._ids(layer)
-        params = [self.modules[k].get_parameter(name) for k in ids for name in self.names]
-        wanted = [p for p in params if p.requires_grad]  # frozen weights get zeros
-        with torch.enable_grad():
-            outs = [self.modules[k](x[i].detach()) for i, k in enumerate(ids)]
-            found = torch.autograd.grad(outs, wanted, [v[i] for i in range(len(ids))], allow_unused=True) if wanted else ()
-        by_id = {id(p): g for p, g in zip(wanted, found)}
-        n = len(self.names)
-        return {
-            name: torch.stack([
-                g if (g := by_id.get(id(params[i * n + j]))) is not None else torch.zeros_like(params[i * n + j])
-                for i in range(len(ids))
-            ])
-            for j, name in enumerate(self.names)
-        }
+    def vjp(
+        self, bank: LayerBank, ids: list[int], v: list[torch.Tensor], *, inputs: bool = True, params: bool = False
+    ) -> tuple[list[torch.Tensor] | None, list[list[torch.Tensor]] | None]:
+        """``J_{f_k}(x_k)^T v_k`` for every ``k`` of ``ids`` (``inputs``), and the parameter
+        vector-Jacobian products ``(d f_k / d theta_k)^T v_k`` (``params``; per layer, by name),
+        from one backward pass through the kept graphs (kept for the next use)."""
+        missing = [k for k in ids if k not in self.outputs]
+        if missing:
+            raise RuntimeError(f"internal error: no recorded forward step for layers {missing}")
+        leaves = [self.inputs[k] for k in ids] if inputs else []
+        wanted = [p for k in ids for p in bank.trainable(k)] if params else []
+        found = torch.autograd.grad(
+            [self.outputs[k] for k in ids], leaves + wanted, v, retain_graph=True, allow_unused=True
+        )
+        jt = None
+        if inputs:
+            jt = [g if g is not None else torch.zeros_like(x) for g, x in zip(found, leaves)]
+        if not params:
+            return jt, None
+        rest = list(found[len(leaves):])
+        grads = []
+        for k in ids:
+            n = len(bank.trainable(k))
+            grads.append(bank.param_grads(k, rest[:n]))
+            rest = rest[n:]
+        return jt, grads
 
 
 @dataclass
@@ -121,8 +154,8 @@ class FiniteTracker:
     # after a failure, so recording costs one cheap reduction and no device synchronisation.
     events: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
-    def record(self, layer: torch.Tensor, span: torch.Tensor, u_in: torch.Tensor, u_out: torch.Tensor) -> None:
-        self.events.append((layer, span, u_in.flatten(1).sum(1), u_out.flatten(1).sum(1)))
+    def record(self, layer: list[int], span: list[int], u_in: torch.Tensor, u_out: torch.Tensor) -> None:
+        self.events.append((torch.tensor(layer), torch.tensor(span), u_in.flatten(1).sum(1), u_out.flatten(1).sum(1)))
 
     def first(self) -> tuple[int, int, int]:
         """``(first fine layer, first coarse layer, its span)``; -1 where there is none."""
@@ -137,58 +170,113 @@ class FiniteTracker:
         return fine, coarse, coarse_span
 
 
-def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``values`` (n,) shaped to broadcast against a stacked state ``like`` (n, ...)."""
-    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+def finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in ``t``.  A finite sum proves it (NaN and Inf propagate through a sum), and a sum
+    is ~30x faster than ``isfinite().all()`` on CPU; only a non-finite sum (which may be an overflow)
+    is checked entry by entry."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def check_step_shape(x: torch.Tensor, f: torch.Tensor) -> None:
+    """A residual step ``x + h f(x)`` needs ``f`` to keep the shape of ``x``."""
+    if f.shape != x.shape:
+        raise ValueError(
+            f"the step layer maps activations of shape {tuple(x.shape)} to {tuple(f.shape)}: "
+            f"a residual step x + h f(x) needs f to keep the shape"
+        )
+
+
+def _steps(h: float, t_start: torch.Tensor, t_stop: torch.Tensor) -> tuple[list[int], list[int]]:
+    """The grid index of every step's start and how many layers it spans (the grid is ``k h``)."""
+    first = [round(t / h) for t in t_start.tolist()]
+    return first, [round(t / h) - k for t, k in zip(t_stop.tolist(), first)]
 
 
 class ForwardProblem(BatchedProblem):
-    """``x_{k+1} = x_k + H f_k(x_k)`` with ``k = round(t_start / h)`` (coarse: layer of the coarse point)."""
+    """``x_{k+1} = x_k + H f_k(x_k)`` with ``k = round(t_start / h)`` (coarse: layer of the coarse point).
 
-    def __init__(self, bank: LayerBank, h: float, tracker: FiniteTracker) -> None:
+    ``tracker``: when set, every step is watched for NaN/Inf (a diagnosis re-runs a failed solve
+    with one; the normal run pays nothing for it).
+    """
+
+    def __init__(self, bank: LayerBank, h: float, linearise: bool = False) -> None:
         self.bank = bank
         self.h = h
-        self.tracker = tracker
+        self.tracker: FiniteTracker | None = None
+        self.linearise = linearise  # a backward pass will follow
+        self.linearisation = Linearisation()
+        self.record: Linearisation | None = None  # set during the last sweep (see last_sweep)
+
+    def last_sweep(self, on: bool) -> None:
+        """While on (and ``linearise``), the steps are kept with their graphs: the backward pass's linearisation."""
+        self.record = self.linearisation if on and self.linearise else None
 
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
-        first = torch.round(t_start / self.h).long()
-        span = torch.round(t_stop / self.h).long() - first
-        f = self.bank.forward(first, u)
-        if f.shape != u.shape:
-            raise ValueError(
-                f"the step layer maps activations of shape {tuple(u.shape[1:])} to {tuple(f.shape[1:])}: "
-                f"a residual step x + h f(x) needs f to keep the shape"
-            )
-        out = u + _column(span.to(torch.float64) * self.h, u) * f
-        self.tracker.record(first, span, u, out)
+        out = torch.empty_like(u)
+        self.step_batch_into(u, t_start, t_stop, out)
         return out
+
+    def step_batch_into(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor) -> None:
+        """The steps written straight into ``out`` (the engine's trajectory): no copy."""
+        first, span = _steps(self.h, t_start, t_stop)
+        self.bank.step(first, u, [n * self.h for n in span], out, self.record)
+        if self.tracker is not None:
+            self.tracker.record(first, span, u, out)
 
 
 class AdjointProblem(BatchedProblem):
     """``lambda_k = lambda_{k+M} + M h J_{f_k}(x_k)^T lambda_{k+M}`` in reversed time ``s = L - k``.
 
-    ``states`` holds this rank's forward solution at the points ``first_point, first_point + 1, ...``
-    (the linearisation points; a coarse level uses the injected fine states).
+    The Jacobians are those of the forward pass's :class:`Linearisation` (a coarse step of layer
+    ``k`` linearises at the same ``x_k``).  During the last sweep (:meth:`last_sweep`), whose inputs
+    ``lambda_{k+1}`` are final, every fine step also stores layer ``k``'s parameter gradient
+    ``h (d f_k / d theta_k)^T lambda_{k+1}`` in ``grads``: from the same backward pass as its
+    adjoint step.  ``tracker``: as for :class:`ForwardProblem`.
     """
 
-    def __init__(
-        self, bank: LayerBank, states: torch.Tensor, first_point: int, layers: int, h: float, tracker: FiniteTracker
-    ) -> None:
+    def __init__(self, bank: LayerBank, linearisation: Linearisation, layers: int, h: float) -> None:
         self.bank = bank
-        self.states = states
-        self.first_point = first_point
+        self.linearisation = linearisation
         self.layers = layers
         self.h = h
-        self.tracker = tracker
+        self.tracker: FiniteTracker | None = None
+        self.collect = False
+        self.grads: dict[int, list[torch.Tensor]] = {}
+
+    def last_sweep(self, on: bool) -> None:
+        self.collect = on
 
     def step_batch(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
-        s0 = torch.round(t_start / self.h).long()
-        s1 = torch.round(t_stop / self.h).long()
-        layer = self.layers - s1  # the forward step from point `layer` to `layer + span`
-        span = s1 - s0
-        local = (layer - self.first_point).to(self.states.device)
-        x = self.states.index_select(0, local)
-        jt = self.bank.vjp_input(layer, x, u)
-        out = u + _column(span.to(torch.float64) * self.h, u) * jt
-        self.tracker.record(layer, span, u, out)
+        out = torch.empty_like(u)
+        self.step_batch_into(u, t_start, t_stop, out)
         return out
+
+    def step_batch_into(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor) -> None:
+        """The steps written straight into ``out`` (the engine's trajectory): no copy."""
+        s0, span = _steps(self.h, t_start, t_stop)
+        ids = [self.layers - s - n for s, n in zip(s0, span)]  # the forward step from point k to k + span
+        states, results = u.unbind(0), out.unbind(0)
+        # The adjoint is linear: a zero state steps to zero (and gives zero parameter gradients).
+        # From a cold start most states of the first iteration are exactly zero; one reduction
+        # finds them, much cheaper than the steps it saves (on CPU: it needs the flags on the host).
+        if u.device.type == "cpu":
+            live = u.flatten(1).ne(0).any(1).tolist()
+        else:
+            live = [True] * len(ids)
+        work = [i for i, flag in enumerate(live) if flag]
+        for i, flag in enumerate(live):
+            if not flag:
+                results[i].zero_()
+                if self.collect:
+                    self.grads[ids[i]] = self.bank.param_grads(ids[i], [None] * len(self.bank.trainable(ids[i])))
+        if work:
+            layers = [ids[i] for i in work]
+            jt, grads = self.linearisation.vjp(self.bank, layers, [states[i] for i in work], params=self.collect)
+            assert jt is not None
+            for i, g in zip(work, jt):
+                torch.add(states[i], g, alpha=span[i] * self.h, out=results[i])
+            if grads is not None:
+                for k, g in zip(layers, grads):
+                    self.grads[k] = [self.h * x for x in g]
+        if self.tracker is not None:
+            self.tracker.record(ids, span, u, out)

@@ -37,6 +37,9 @@ class CheckCase:
     batch: int = 4
     T: float = 1.0
     seed: int = 0
+    final_relax: bool = True
+    warm_start: bool = False
+    warm_up_batch: int = 0  # > 0: a pass on another batch of this size first (a warm start's source)
 
 
 def build_check_network(case: CheckCase, comm: Any = None, data_comm: Any = None) -> LayerParallel:
@@ -56,16 +59,18 @@ def build_check_network(case: CheckCase, comm: Any = None, data_comm: Any = None
     net = LayerParallel(
         factory, case.layers, case.T, opening=opening, closing=closing, levels=case.levels, cf=case.cf,
         relax=case.relax, cycle=case.cycle, nested=case.nested, fwd_tol=case.tol, bwd_tol=case.tol,
-        fwd_max_iter=case.max_iter, bwd_max_iter=case.max_iter, comm=comm, data_comm=data_comm,
+        fwd_max_iter=case.max_iter, bwd_max_iter=case.max_iter, final_relax=case.final_relax,
+        warm_start=case.warm_start, comm=comm, data_comm=data_comm,
     )
     return net.double()
 
 
-def check_data(case: CheckCase) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(case.seed + 1)
-    shape = (case.batch, 3) if case.arch == "mlp" else (case.batch, 1, 4, 4)
+def check_data(case: CheckCase, batch: int | None = None, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = case.batch if batch is None else batch
+    gen = torch.Generator().manual_seed(case.seed + seed)
+    shape = (batch, 3) if case.arch == "mlp" else (batch, 1, 4, 4)
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
-    y = torch.randn(case.batch, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(batch, 2, generator=gen, dtype=torch.float64)
     return x, y
 
 
@@ -91,6 +96,12 @@ def parallel_gradients(cases: list[CheckCase]) -> list[dict[str, Any]]:
     results = []
     for case in cases:
         net = build_check_network(case)
+        warm_up = None
+        if case.warm_up_batch:
+            x0, y0 = check_data(case, case.warm_up_batch, seed=2)
+            _loss(net(x0 if net.rank == 0 else None), y0).backward()
+            warm_up = dict(net.last_stats)
+            net.zero_grad(set_to_none=True)
         x, y = check_data(case)
         x.requires_grad_(True)
         out = net(x if net.rank == 0 else None)
@@ -108,6 +119,7 @@ def parallel_gradients(cases: list[CheckCase]) -> list[dict[str, Any]]:
             "grads": {n: g.numpy() for n, g in grads.items()},
             "foreign_grads": foreign,
             "stats": net.last_stats,
+            "warm_up_stats": warm_up,
         })
     return results
 
