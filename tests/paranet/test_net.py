@@ -138,7 +138,7 @@ def test_shape_mismatch_names_the_sub_network_and_both_shapes() -> None:
     msg = str(err.value)
     assert "sub-network 2 (blocks 2..3)" in msg and "to (32, 4, 4)" in msg and "to (16, 8, 8)" in msg, msg
     seq = nn.Sequential(nn.Linear(4, 4), nn.Linear(5, 4))
-    with pytest.raises(ValueError, match=r"block 1 cannot take input of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"layer 1 \(Linear\) cannot take input of shape \(4,\)"):
         ParaNet(seq, 2, input_shape=(4,))
 
 

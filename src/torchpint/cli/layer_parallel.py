@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from torchpint.cli.plots import save_figure
+from torchpint.cli.plots import integer_ticks, save_figure
 from torchpint.layerpar.train import ARCHS, DTYPES, TrainConfig, train_and_compare
 
 
@@ -114,6 +114,8 @@ def plot_training(result: dict[str, Any], path: Path, title: str) -> None:
     ax_loss.set_yscale("log")
     ax_loss.grid(True, alpha=0.3)
     ax_loss.legend()
+    integer_ticks(ax_loss)
+    integer_ticks(ax_acc)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.grid(True, alpha=0.3)

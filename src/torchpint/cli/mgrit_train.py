@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from torchpint.cli.plots import save_figure
+from torchpint.cli.plots import plot_file, save_figure
 from torchpint.training.errors import DivergenceError, NonFiniteWeightsError
 from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
@@ -229,30 +229,48 @@ def _paper_speedup(n: int, iterations: int, cycle: str, levels: int) -> float:
     return potential_speedup(n, iterations, cycle, levels)
 
 
-def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str, title: str = "") -> None:
-    """Potential speedup against N (log-log), measured and paper, as the paper's Figures 6 and 7."""
+def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> None:
+    """Iterations and potential speedup against N, the paper's next to ours (the paper's Figures 6 and 7).
+
+    The two iteration counts are often equal: the paper's are drawn as large open squares and ours
+    as small filled dots on top, so both stay visible where they coincide.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax_it, ax_sp) = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in tables.items():
         ns = [r["N"] for r in rows]
-        line, = ax.loglog(ns, [r["potential_speedup"] for r in rows], "o-", label=f"{label} (ours)")
+        line, = ax_it.semilogx(ns, [r["iterations"] for r in rows], "o-", markersize=5, zorder=3,
+                               label=f"{label}: measured")
+        ax_sp.loglog(ns, [r["potential_speedup"] for r in rows], "o-", markersize=5, color=line.get_color(), zorder=3,
+                     label=f"{label}: measured iterations")
+        if rows and "paper_iterations" in rows[0]:
+            ax_it.semilogx(ns, [r["paper_iterations"] for r in rows], "s--", markersize=11, markerfacecolor="none",
+                           markeredgewidth=1.5, color=line.get_color(), alpha=0.7, label=f"{label}: paper")
         if rows and "paper_potential_speedup" in rows[0]:
-            ax.loglog(ns, [r["paper_potential_speedup"] for r in rows], "x--", color=line.get_color(),
-                      label=f"{label} (paper's iterations)")
-    ax.set_xlabel("training steps N")
-    ax.set_ylabel("potential speedup N / sigma")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+            ax_sp.loglog(ns, [r["paper_potential_speedup"] for r in rows], "s--", markersize=11,
+                         markerfacecolor="none", markeredgewidth=1.5, color=line.get_color(), alpha=0.7,
+                         label=f"{label}: paper's iterations")
+    ax_it.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_it.set_ylabel("MGRIT iterations")
+    ax_sp.set_ylabel("potential speedup N / sigma")
+    all_n = sorted({r["N"] for rows in tables.values() for r in rows})
+    for ax in (ax_it, ax_sp):
+        ax.set_xticks(all_n, [str(n) for n in all_n], minor=False)  # the N that ran, not 2x10^2
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("training steps N")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def plot_history(histories: dict[str, list[float]], path: str, title: str) -> None:
+def plot_history(histories: dict[str, list[float]], path: str | Path, title: str) -> None:
     from torchpint.cli.plots import plot_residuals
 
     plot_residuals(histories, path, title=title)
@@ -270,8 +288,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-n must be >= {PAPER_N[0]}, got {args.max_n}")
         out = paper_table(args.paper_table, args.max_n, args.nproc, base=spec)
         if args.plot:
-            plot_speedup({f"table {args.paper_table}": out["rows"]}, args.plot, PAPER_TABLES[args.paper_table].title)
-            print(f"speedup plot: {args.plot}")
+            path = plot_file(args.plot, f"paper_table_{args.paper_table}.png")
+            plot_speedup({f"table {args.paper_table}": out["rows"]}, path,
+                         f"paper table {args.paper_table}: {PAPER_TABLES[args.paper_table].title}, "
+                         f"N <= {args.max_n}, {args.nproc} proc.")
+            print(f"iterations and speedup plot: {path}")
     else:
         try:
             out = solve_case(spec, args.nproc, predict=args.predict)
@@ -282,9 +303,11 @@ def run(args: argparse.Namespace) -> int:
                                   "residuals": getattr(error, "residuals", None)}), flush=True)
             return 1
         if args.plot:
-            plot_history({f"MGRIT, {args.nproc} proc.": out["residuals"]}, args.plot,
-                         f"{spec.task}, solver {spec.solver}, {spec.cycle}, N={spec.steps}")
-            print(f"convergence plot: {args.plot}")
+            path = plot_file(args.plot, f"mgrit_train_{spec.task}.png")
+            plot_history({f"MGRIT, {args.nproc} proc.": out["residuals"]}, path,
+                         f"mgrit-train {spec.task}: N={spec.steps} steps, solver {spec.solver}, {spec.cycle} cycle "
+                         f"({out['levels']} levels), alpha_b={spec.resolved_alpha_b():g}, {args.nproc} proc.")
+            print(f"convergence plot: {path}")
     if args.json:
         print(json.dumps(_finite(out), default=float), flush=True)
     return 0

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from torchpint.cli.plots import save_figure
+from torchpint.cli.plots import integer_ticks, save_figure
 from torchpint.paranet.train import (
     AUGMENTS,
     SCHEDULES,
@@ -335,6 +335,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
         ax_loss.plot(epochs, [h["test_loss"] for h in run["history"]], "o-", color=line.get_color(), label=f"{names[key]} (test)")
         ax_loss.plot(epochs, [h["train_loss"] for h in run["history"]], "--", color=line.get_color(),
                      label=f"{names[key]} (train)")
+    integer_ticks(ax_acc)
+    integer_ticks(ax_loss)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_loss.set_xlabel("epoch")
@@ -343,7 +345,9 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     for ax in (ax_acc, ax_loss):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{cfg['model']} on {cfg['dataset']}")
+    shape = "x".join(str(s) for s in cfg.get("input_shape") or [])
+    fig.suptitle(f"{cfg['model']} on {cfg['dataset']} ({shape}): parareal N={cfg['subnets']}, K={cfg['iterations']} on "
+                 f"{cfg['nproc']} proc. vs the original; batch {cfg['batch_size']}, lr {cfg['lr']:g}, {cfg['schedule']}")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 

@@ -191,6 +191,15 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
     )
 
 
+def plot_title(config: SolveConfig, nproc: int) -> str:
+    """The problem and the settings that shape the history, for the plot's title."""
+    size = f", nx={config.nx}" if config.problem == "heat1d" else f", lambda={config.lam:g}, {config.method}" \
+        if config.problem == "dahlquist" else ""
+    return (f"{config.problem}, nt={config.nt}{size}: MGRIT {config.levels} levels, "
+            f"cf={','.join(map(str, config.cf_list()[: config.levels - 1]))}, {config.relax}, {config.cycle}-cycle, "
+            f"{nproc} proc.")
+
+
 def run(args: argparse.Namespace) -> int:
     from torchpint.dist import init_from_env, launched_by_torchrun, run_workers
 
@@ -229,10 +238,11 @@ def run(args: argparse.Namespace) -> int:
         f"(setup {summary['setup_seconds']:.3f} s)"
     )
     if args.plot:
-        from torchpint.cli.plots import plot_residuals
+        from torchpint.cli.plots import plot_file, plot_residuals
 
-        plot_residuals({f"MGRIT, {nproc} proc.": summary["residuals"]}, args.plot, title=f"{config.problem}")
-        print(f"convergence plot: {args.plot}")
+        path = plot_file(args.plot, f"{config.problem}_convergence.png")
+        plot_residuals({f"MGRIT, {nproc} proc.": summary["residuals"]}, path, title=plot_title(config, nproc))
+        print(f"convergence plot: {path}")
     if args.json:
         summary["config"] = asdict(config)
         summary["nproc"] = nproc
