@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import queue as queue_module
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +31,48 @@ import torch.multiprocessing as mp
 
 class WorkerError(RuntimeError):
     """A worker process failed; the message says which rank and why."""
+
+
+#: exit code of a worker that found itself re-running the caller's script while it started
+_UNGUARDED_MAIN_EXIT = 87
+
+MAIN_GUARD_HELP = (
+    "the script that starts worker processes must do so under `if __name__ == \"__main__\":` "
+    "(workers are started with 'spawn', which imports the script again in every worker: without the guard "
+    "each worker would start workers of its own); put the call that passes nproc > 1 in a main() and call "
+    "it from that block"
+)
+
+
+def _refuse_inside_bootstrapping_worker() -> None:
+    """In a worker that is importing the caller's script, leave quietly with a code the parent explains.
+
+    Without this, multiprocessing raises its RuntimeError in every worker (a long traceback each)
+    and the parent only sees workers that died.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        os._exit(_UNGUARDED_MAIN_EXIT)
+
+
+class _StopOnSigterm:
+    """SIGTERM becomes ``SystemExit`` in the launcher while workers run, so that the ``finally`` below
+    stops them and the queue's semaphores are released (killed outright, the launcher left running
+    workers and "leaked semaphore" warnings behind).  Only in the main thread, where handlers can be set."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def free_port() -> int:
@@ -101,9 +145,22 @@ def run_workers(
 
     ``fn`` and ``args`` must be picklable (module-level function).  Raises
     :class:`WorkerError` when a worker raises or dies, after stopping all the others.
+
+    Workers are started with 'spawn': each imports the calling script again, so a script
+    that calls this (or any torchpint function given ``nproc > 1``) must make the call under
+    ``if __name__ == "__main__":``; without it the call fails with a :class:`WorkerError` that
+    says so.  SIGTERM to the calling process stops the workers before it exits.
     """
+    _refuse_inside_bootstrapping_worker()
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
+    with _StopOnSigterm():
+        return _run_supervised(fn, nproc, args, threads=threads, backend=backend, timeout_s=timeout_s)
+
+
+def _run_supervised(
+    fn: Callable[..., Any], nproc: int, args: tuple[Any, ...], *, threads: int, backend: str, timeout_s: float | None
+) -> list[Any]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
@@ -154,6 +211,8 @@ def _diagnose(procs: list[Any], results: Any, errors: dict[int, str]) -> str:
         if status == "error":
             errors.setdefault(rank, value)
     nproc = len(procs)
+    if any(proc.exitcode == _UNGUARDED_MAIN_EXIT for proc in procs):
+        return f"the workers could not start: {MAIN_GUARD_HELP}"
     for rank, proc in enumerate(procs):
         if proc.exitcode not in (None, 0) and rank not in errors:
             return f"worker {rank} of {nproc} died (exit code {proc.exitcode}); stopped the others"
