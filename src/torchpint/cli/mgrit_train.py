@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -322,45 +321,3 @@ def _finite(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
-
-
-# ---------------------------------------------------------------------------------- demo
-def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines and results: a digits MLP trained by MGRIT over its SGD steps, vs serial."""
-    out.mkdir(parents=True, exist_ok=True)
-    spec = TaskSpec(task="digits", steps=256, solver="1", cycle="V", alpha_b=0.05, alpha_max=8.0, batch=64, seed=0)
-    print(f"[mgrit-train] digits MLP 64-32-10 (tanh), {spec.steps} SGD steps (lr {spec.alpha_b}, batch {spec.batch}), "
-          f"MGRIT V-cycle over the training steps", flush=True)
-    start = time.perf_counter()
-    res = solve_case(spec, 1, predict=False)
-    plot_history({"MGRIT V-cycle, digits MLP": res["residuals"]}, str(out / "mgrit_train_residuals.png"),
-                 "MGRIT over 256 SGD steps (digits MLP)")
-    rows = ["| iteration | residual | factor |", "|---:|---:|---:|"]
-    for k, (r, f) in enumerate(zip(res["residuals"], res["convergence_factors"]), start=1):
-        rows.append(f"| {k} | {r:.3e} | {f:.3f} |")
-    lines = [
-        "## Training parallel across training steps (MGRIT over the weight trajectory)",
-        "",
-        f"A 64-32-10 tanh MLP on the scikit-learn digits, {spec.steps} SGD steps (lr {spec.alpha_b}, batches of "
-        f"{spec.batch} from a seeded DataLoader order), float64. MGRIT (FAS, FCF, m = 2, V-cycle over "
-        f"{res['levels']} levels, coarse learning rates {', '.join(f'{a:g}' for a in res['learning_rates'])}; "
-        f"initial guess w_0 then zeros; tol 1e-9 sqrt(N)) solves all steps at once, each relaxation one "
-        f"batched `torch.func` call over all intervals.",
-        "",
-        *rows,
-        "",
-        f"- iterations: {res['iterations']} ({'converged' if res['converged'] else 'not converged'}), "
-        f"rho = {res['rho']:.3f}",
-        f"- largest weight difference from serial training (all {spec.steps + 1} points): "
-        f"{res['max_weight_diff_vs_serial']:.2e}; final weights vs torch.optim.SGD: "
-        f"{res['final_weight_diff_vs_torch_optim']:.2e}",
-        f"- test accuracy: MGRIT weights {res['test_accuracy_mgrit']:.4f}, serial weights "
-        f"{res['test_accuracy_serial']:.4f}",
-        f"- potential speedup (paper's model, enough processes): {res['potential_speedup']:.2f}; "
-        f"wall-clock here: MGRIT {res['seconds']:.2f} s on one process vs serial {res['torch_optim_seconds']:.2f} s",
-        "",
-        "![residuals](mgrit_train_residuals.png)",
-        "",
-    ]
-    res["demo_seconds"] = time.perf_counter() - start
-    return lines, res
