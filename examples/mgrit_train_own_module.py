@@ -43,8 +43,8 @@ def main() -> None:
     print(f"MGRIT V-cycle over {steps} steps: {result.iterations} iterations, converged {result.converged}, "
           f"residuals {' '.join(f'{r:.1e}' for r in result.residuals)}")
     print(f"final weights vs torch.optim.SGD: largest difference {difference:.1e}")
+    task.load_into(model, result.weights)  # destination first, then the flat weights
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(result.weights[: task.num_weights], model.parameters())
         accuracy = float((model(x).argmax(1) == y).double().mean())
     print(f"training accuracy of the MGRIT weights: {accuracy:.3f}")
 
