@@ -388,53 +388,37 @@ def layer_parallel_section(out: Path, nproc: int) -> tuple[list[str], dict[str, 
 
 
 # ------------------------------------------------------------------------------------ report
+def _row(capability: str, checked: str, speedup: float, speedup_of: str, projection: str) -> dict[str, Any]:
+    return {"capability": capability, "checked": checked, "measured_speedup": speedup, "speedup_of": speedup_of,
+            "projection": projection}
+
+
 def summary_rows(results: dict[str, Any], nproc: int) -> list[dict[str, Any]]:
     """One row per capability: what was checked, the measured speed-up here, the projection."""
-    rows = []
-    e = results["engine"]
-    rows.append({
-        "capability": "engine",
-        "checked": f"residual history on {nproc} processes = 1 process (max rel. diff. {e['max_rel_diff']:.1e}); "
-                   f"solution = sequential stepping ({e['solution_rel_diff_vs_sequential']:.1e})",
-        "measured_speedup": e["speedup"],
-        "speedup_of": f"MGRIT on {nproc} processes over MGRIT on 1",
-        "projection": f"MGRIT does {e['work_ratio']:.0f}x the sequential loop's steps (loop {e['sequential_seconds']:.2f} s): "
-                      f"with ideal scaling it beats the loop from ~{math.ceil(e['work_ratio'])} processes",
-    })
-    if "paranet" in results:
-        p = results["paranet"]
-        runs = p["runs"]
-        rows.append({
-            "capability": "paranet",
-            "checked": f"test accuracy after {len(runs['paranet']['history'])} epoch: parareal "
-                       f"{100 * runs['paranet']['test_acc']:.1f}%, original {100 * runs['original']['test_acc']:.1f}%",
-            "measured_speedup": p["comparison"]["speedup_per_epoch"],
-            "speedup_of": f"parareal ResNet-110 on {p['config']['nproc']} workers over the original on 1 (epoch time)",
-            "projection": f"modelled step {(p['info'].get('step_model') or {}).get('speedup', float('nan')):.2f}x "
-                          f"on 2 workers",
-        })
-    if "mgrit-train" in results:
-        m = results["mgrit-train"]
-        rows.append({
-            "capability": "mgrit-train",
-            "checked": f"weights = serial SGD on 1 and {nproc} processes "
-                       f"(max diff. {max(m['max_weight_diff_vs_serial'].values()):.1e})",
-            "measured_speedup": m["speedup"],
-            "speedup_of": f"serial SGD time over MGRIT on {nproc} processes",
-            "projection": f"break-even with serial SGD {_even_text(m['break_even_processes'], PROJECTED[-1])} "
-                          f"(N = {m['spec']['steps']})",
-        })
-    if "layer-parallel" in results:
-        lp = results["layer-parallel"]
-        rows.append({
-            "capability": "layer-parallel",
-            "checked": f"gradients = autograd (max rel. diff. {lp['worst_gradient_difference']:.1e}); training = "
-                       f"serial (params {lp['max_parameter_difference']:.1e})",
-            "measured_speedup": lp["speedup"],
-            "speedup_of": f"serial pass over layer-parallel on {nproc} processes (per batch)",
-            "projection": f"break-even {_even_text(lp['break_even_processes'], PROJECTED[-1])}",
-        })
-    return rows
+    e, p, m, lp = (results[k] for k in ("engine", "paranet", "mgrit-train", "layer-parallel"))
+    runs = p["runs"]
+    limit = PROJECTED[-1]
+    return [
+        _row("engine", f"residual history on {nproc} processes = 1 process (max rel. diff. {e['max_rel_diff']:.1e}); "
+                       f"solution = sequential stepping ({e['solution_rel_diff_vs_sequential']:.1e})",
+             e["speedup"], f"MGRIT on {nproc} processes over MGRIT on 1",
+             f"MGRIT does {e['work_ratio']:.0f}x the sequential loop's steps (loop {e['sequential_seconds']:.2f} s): "
+             f"with ideal scaling it beats the loop from ~{math.ceil(e['work_ratio'])} processes"),
+        _row("paranet", f"test accuracy after {len(runs['paranet']['history'])} epoch: parareal "
+                        f"{100 * runs['paranet']['test_acc']:.1f}%, original {100 * runs['original']['test_acc']:.1f}%",
+             p["comparison"]["speedup_per_epoch"],
+             f"parareal {p['config']['model']} on {p['config']['nproc']} workers over the original on 1 (epoch time)",
+             f"modelled step {(p['info'].get('step_model') or {}).get('speedup', float('nan')):.2f}x on "
+             f"{p['config']['nproc']} workers"),
+        _row("mgrit-train", f"weights = serial SGD on 1 and {nproc} processes "
+                            f"(max diff. {max(m['max_weight_diff_vs_serial'].values()):.1e})",
+             m["speedup"], f"serial SGD time over MGRIT on {nproc} processes",
+             f"break-even with serial SGD {_even_text(m['break_even_processes'], limit)} (N = {m['spec']['steps']})"),
+        _row("layer-parallel", f"gradients = autograd (max rel. diff. {lp['worst_gradient_difference']:.1e}); "
+                               f"training = serial (params {lp['max_parameter_difference']:.1e})",
+             lp["speedup"], f"serial pass over layer-parallel on {nproc} processes (per batch)",
+             f"break-even {_even_text(lp['break_even_processes'], limit)}"),
+    ]
 
 
 def summary_table(rows: list[dict[str, Any]]) -> list[str]:
