@@ -62,7 +62,9 @@ PROJECTED = [2**k for k in range(11)]  # 1..1024
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/demo", help="folder for the report")
-    parser.add_argument("--nproc", type=int, default=2, help="processes for the parallel runs")
+    parser.add_argument("--nproc", type=int, default=2,
+                        help="processes of the engine, MGRIT-training and layer-parallel runs (the parareal network "
+                             "always has 2 sub-networks, one process each)")
 
 
 # ------------------------------------------------------------------------------------ engine

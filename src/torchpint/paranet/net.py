@@ -368,13 +368,12 @@ class ParaNet(nn.Module):
             raise TypeError(
                 f"ParaNet needs a model with stem, blocks and head, or an nn.Sequential; got {type(model).__name__}"
             )
-        stem, head = stem_module, head_module
         subnets = int(subnets)
         iterations = int(iterations)
         if subnets < 1:
             raise ValueError(f"number of sub-networks N must be >= 1, got {subnets}")
         if subnets > len(blocks):
-            what = "" if layer_offset == 0 and "layers" not in self.parts else (
+            what = "" if "layers" not in self.parts else (
                 f" (layers {self.parts['blocks'][0]}..{self.parts['blocks'][1]} of the nn.Sequential; "
                 f"stem: {self.parts['stem']['count']} layer(s), head: {self.parts['head']['count']})")
             raise ValueError(
@@ -388,8 +387,8 @@ class ParaNet(nn.Module):
         self.iterations = iterations
         self.balance_measure = balance if split_points is None else "flops"
         self.split_given = split_points is not None
-        self.stem = stem
-        self.head = head
+        self.stem = stem_module
+        self.head = head_module
         self.num_blocks = len(blocks)
 
         # Dry run of the original chain: every block's input shape, on the model's device.
