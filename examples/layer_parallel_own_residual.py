@@ -30,7 +30,7 @@ class GatedStep(nn.Module):
 
 def main() -> None:
     torch.manual_seed(0)
-    width, layers = 16, 32
+    width, layers = 16, 16
     net = LayerParallel(lambda: GatedStep(width), layers, T=2.0, opening=nn.Linear(8, width),
                         closing=nn.Linear(width, 3), levels=3, cf=4, fwd_tol=1e-12, bwd_tol=1e-12).double()
     serial = net.to_sequential()  # shares the weights
@@ -49,12 +49,12 @@ def main() -> None:
           f"every parameter gradient equals autograd's on the serial network to {worst:.1e} (relative)")
 
     optimizer = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
-    for step in range(1, 16):
+    for step in range(1, 10):
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(net(x), y)
         loss.backward()
         optimizer.step()
-        if step % 5 == 0:
+        if step % 3 == 0:
             print(f"step {step}: loss {loss.item():.4f}")
 
 

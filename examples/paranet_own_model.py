@@ -67,10 +67,10 @@ def main() -> None:
     net = ParaNet(copy.deepcopy(cnn), 2, input_shape=(1, 16, 16), iterations=1)
     print(net.format_info())
     gen = torch.Generator().manual_seed(1)
-    x_train, y_train = toy_images(512, gen)
+    x_train, y_train = toy_images(384, gen)
     x_test, y_test = toy_images(256, gen)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    for epoch in range(1, 4):
+    for epoch in range(1, 3):
         net.train()
         for i in range(0, len(x_train), 32):
             loss = nn.functional.cross_entropy(net(x_train[i:i + 32]), y_train[i:i + 32])
