@@ -330,10 +330,10 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     for key, run in results["runs"].items():
         epochs = [h["epoch"] for h in run["history"]]
         line = ax_acc.plot(epochs, [100 * h["test_acc"] for h in run["history"]], "o-", label=f"{names[key]} (test)")[0]
-        ax_acc.plot(epochs, [100 * h["train_acc"] for h in run["history"]], "--", color=line.get_color(),
+        ax_acc.plot(epochs, [100 * h["train_acc"] for h in run["history"]], "s--", markersize=4, color=line.get_color(),
                     label=f"{names[key]} (train)")
         ax_loss.plot(epochs, [h["test_loss"] for h in run["history"]], "o-", color=line.get_color(), label=f"{names[key]} (test)")
-        ax_loss.plot(epochs, [h["train_loss"] for h in run["history"]], "--", color=line.get_color(),
+        ax_loss.plot(epochs, [h["train_loss"] for h in run["history"]], "s--", markersize=4, color=line.get_color(),
                      label=f"{names[key]} (train)")
     integer_ticks(ax_acc)
     integer_ticks(ax_loss)

@@ -27,7 +27,7 @@ def integer_ticks(ax: Any) -> None:
     """Whole numbers only on the x axis (epochs, iterations): no "epoch 1.5"."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: a tick at 1, not 0.945..1.05
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
