@@ -96,7 +96,7 @@ def timed_solve(case: dict[str, Any]) -> dict[str, Any]:
 def _run_workers(fn: Any, nproc: int, args: tuple) -> list[Any]:
     try:  # the launcher's module is torchpint.run from the revision that renamed it
         from torchpint.run import run_workers
-    except ImportError:
+    except ImportError:  # an older revision (before the run layer): torchpint.dist
         from torchpint.dist import run_workers
     return run_workers(fn, nproc, args, timeout_s=600)
 

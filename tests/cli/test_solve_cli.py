@@ -89,3 +89,24 @@ def test_torchrun_launch() -> None:
     assert len(lines) == 1
     summary = json.loads(lines[0])
     assert summary["converged"] and summary["world_size"] == 2 and summary["version"]
+
+
+@pytest.mark.parametrize("lam", ["-1e5", "-2.5E-1", "-1e+2"])
+def test_negative_numbers_in_scientific_notation_are_values(capsys, lam: str) -> None:
+    assert main(["solve", "dahlquist", "--lam", lam, "--levels", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["config"]["lam"] == float(lam)
+    # an option-looking word is still refused with argparse's one line
+    with pytest.raises(SystemExit):
+        main(["solve", "dahlquist", "--lam", "-x"])
+
+
+def test_plot_into_an_existing_folder_writes_and_prints_one_real_path(tmp_path: Path, capsys) -> None:
+    assert main(["solve", "dahlquist", "--levels", "2", "--plot", str(tmp_path)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("convergence plot: ")]
+    assert len(line) == 1
+    path = Path(line[0].removeprefix("convergence plot: "))
+    assert path.is_absolute() and path.parent == tmp_path.resolve() and path.stat().st_size > 1000
+    assert main(["solve", "dahlquist", "--levels", "2", "--plot", str(tmp_path / "conv")]) == 0
+    printed = capsys.readouterr().out.splitlines()[-1].removeprefix("convergence plot: ")
+    assert printed == str((tmp_path / "conv.png").resolve()) and Path(printed).is_file()

@@ -138,7 +138,7 @@ def test_shape_mismatch_names_the_sub_network_and_both_shapes() -> None:
     msg = str(err.value)
     assert "sub-network 2 (blocks 2..3)" in msg and "to (32, 4, 4)" in msg and "to (16, 8, 8)" in msg, msg
     seq = nn.Sequential(nn.Linear(4, 4), nn.Linear(5, 4))
-    with pytest.raises(ValueError, match=r"block 1 cannot take input of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"layer 1 \(Linear\) cannot take input of shape \(4,\)"):
         ParaNet(seq, 2, input_shape=(4,))
 
 
@@ -265,3 +265,76 @@ def test_coarse_resampling_by_average_pooling_equals_adaptive_pooling() -> None:
         kernel, coarse.pool_kernel = coarse.pool_kernel, None
         assert (kernel is None) == (in_shape[1] % out_shape[1] != 0)
         assert torch.equal(fast, coarse(x))
+
+
+# ---------------------------------------------------------------- a user's own nn.Sequential
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.Tanh())
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def _user_cnn(blocks: int = 6) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         *(_Residual(8) for _ in range(blocks)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_stem_conv_and_linear_head_of_a_sequential_are_detected_not_torn() -> None:
+    torch.manual_seed(0)
+    net = ParaNet(_user_cnn(), 2, input_shape=(1, 8, 8))
+    info = net.info()
+    assert info["parts"]["stem"] == {"layers": [0, 2], "count": 3, "types": ["Conv2d", "BatchNorm2d", "ReLU"],
+                                     "chosen": "detected"}
+    assert info["parts"]["head"]["types"] == ["AdaptiveAvgPool2d", "Flatten", "Linear"]
+    assert info["num_blocks"] == 6 and info["interface_shapes"] == [[8, 8, 8]] * 3
+    assert "stem: layers 0..2 (Conv2d, BatchNorm2d, ReLU), detected" in net.format_info()
+    # torn as blocks (the old behaviour, still there with stem=0, head=0) the coarse networks bridge
+    # the image and the logits: many times the parameters of the detected split's
+    torn = ParaNet(_user_cnn(), 2, input_shape=(1, 8, 8), stem=0, head=0)
+    assert torn.info()["parts"]["stem"]["chosen"] == "given"
+    assert torn.info()["coarse_param_fraction"] > 5 * info["coarse_param_fraction"]
+    # K = N is the original network, stem and head included
+    x = torch.randn(4, 1, 8, 8)
+    seq = _user_cnn().eval()
+    exact = ParaNet(seq, 3, input_shape=(1, 8, 8), iterations=3).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exact(x), nn.Sequential(*seq)(x), rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_sequential_keeps_its_first_and_last_linear() -> None:
+    seq = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), *(nn.Linear(8, 8) for _ in range(4)), nn.ReLU(), nn.Linear(8, 3))
+    parts = ParaNet(seq, 2, input_shape=(12,)).info()["parts"]
+    assert parts["stem"]["count"] == 2 and parts["head"]["types"] == ["ReLU", "Linear"]
+
+
+def test_split_point_errors_quote_the_users_indices() -> None:
+    seq = _user_cnn()  # blocks are layers 3..8
+    with pytest.raises(ValueError) as err:
+        ParaNet(seq, 3, input_shape=(1, 8, 8), split_points=[2, 9])
+    msg = str(err.value)
+    assert "got [2, 9]" in msg and "inside 4..8" in msg and "layers 3..8" in msg, msg
+    with pytest.raises(ValueError, match=r"got \[5, 5\]"):
+        ParaNet.from_sequential(seq, [5, 5], input_shape=(1, 8, 8))
+    net = ParaNet(seq, 3, input_shape=(1, 8, 8), split_points=[5, 7])
+    assert net.bounds == [0, 2, 4, 6] and net.info()["layer_split_points"] == [5, 7]
+    with pytest.raises(ValueError, match="leave no blocks"):
+        ParaNet(seq, 2, input_shape=(1, 8, 8), stem=6, head=6)
+    with pytest.raises(ValueError, match="for an nn.Sequential"):
+        ParaNet(preact_resnet(20, base_width=4), 2, input_shape=(3, 8, 8), stem=1)
+
+
+@pytest.mark.parametrize("balance", ["flops", "time"])
+def test_float64_model_works(balance: str) -> None:
+    torch.manual_seed(0)
+    seq = _user_cnn().double().eval()
+    net = ParaNet(seq, 2, input_shape=(1, 8, 8), iterations=2, balance=balance).eval()
+    assert all(p.dtype == torch.float64 for p in net.parameters())  # the coarse networks too
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    out = net(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, nn.Sequential(*seq)(x), rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float64 for p in net.fine_subnets.parameters())

@@ -17,7 +17,6 @@ import argparse
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -142,77 +141,3 @@ def run(args: argparse.Namespace) -> int:
     if args.layer_parallel_command == "train":
         return run_train(args)
     raise ValueError(f"unknown layer-parallel command {args.layer_parallel_command!r}")  # pragma: no cover
-
-
-# ---------------------------------------------------------------------------------- demo
-def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines and results: gradients vs serial on 2 processes, and digits training vs serial."""
-    from torchpint.run import run_workers
-    from torchpint.testing.layer_parallel import CheckCase, compare, demo_worker, serial_gradients
-
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    cases = [
-        CheckCase(layers=8, levels=1),
-        CheckCase(layers=64, levels=3, cf=4, T=4.0, width=6, relax="F", nested=False, tol=1e-11),
-    ]
-    config = LayerParallelConfig(layers=16, levels=2, cf=4, epochs=2, width=4, nproc=2, progress=False)
-    print(f"[layer-parallel] gradient checks and a {config.layers}-layer conv ResNet trained on digits, "
-          f"layers split over {config.nproc} processes", flush=True)
-    run_dir = out / "layer_parallel_run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run folder, made afresh each time
-    ranks = run_workers(demo_worker, config.nproc, (cases, config, str(run_dir)))
-    with one_thread():
-        checks = compare([r["checks"] for r in ranks], [serial_gradients(c) for c in cases])
-    stats = [ranks[0]["checks"][i]["stats"] for i in range(len(cases))]
-    summary = ranks[0]["train"]
-    rows = ["| network | MGRIT | iterations fwd / bwd | output | input gradient | parameter gradients |",
-            "|---|---|---:|---:|---:|---:|"]
-    for case, diff, st in zip(cases, checks, stats):
-        hierarchy = "1 level (serial pass)" if case.levels == 1 else (
-            f"{case.levels} levels, cf {case.cf}, {case.relax}, tol {case.tol:g}")
-        rows.append(f"| {case.layers} layers, width {case.width} | {hierarchy} | {st['forward']['iterations']} / "
-                    f"{st['backward']['iterations']} | {diff['out']:.1e} | {diff['x_grad']:.1e} | {diff['grads']:.1e} "
-                    f"({diff['count']} tensors) |")
-    intro = (
-        "The network `x_{k+1} = x_k + h f_k(x_k)` is kept exactly; its forward pass is an MGRIT solve across the "
-        "layers and its backward pass an adjoint MGRIT solve (reversed ranks), the layers split over "
-        f"{config.nproc} processes (torch.distributed, gloo); coarse levels use every cf-th layer with the larger step. "
-        "Largest relative difference from the serial network's autograd (float64):"
-    )
-    training = (
-        f"Training: {config.layers}-layer conv ResNet (width {config.width}, T = {config.T:g}) on the scikit-learn "
-        f"digits, {config.epochs} epochs of SGD (lr {config.lr:g}, momentum {config.momentum:g}, batch {config.batch}), "
-        f"MGRIT {config.levels} levels, cf {config.cf}, {config.relax}, tol {config.fwd_tol:g}, on {config.nproc} "
-        f"processes; the serial `nn.Sequential` from the same weights on the same batches:"
-    )
-    accuracy = (
-        f"- test accuracy: layer-parallel {summary['test_accuracy']:.4f}, serial "
-        f"{summary['test_accuracy_serial']:.4f}; largest parameter difference after training "
-        f"{summary['max_parameter_difference']:.1e}"
-    )
-    cost = (
-        f"- MGRIT iterations per batch: forward {summary['forward_iterations_mean']:.2f}, backward "
-        f"{summary['backward_iterations_mean']:.2f}; time per batch {summary['seconds_per_batch'] * 1e3:.0f} ms "
-        f"(layer-parallel, {config.nproc} processes) vs {summary['seconds_per_batch_serial'] * 1e3:.0f} ms (serial): "
-        "MGRIT does several times the serial work and pays off only with many processes "
-        "(see benchmarks/bench_layer_parallel.py for the model)"
-    )
-    lines = [
-        "## Layer-parallel ResNets (MGRIT across the layers, forward and adjoint)",
-        "",
-        intro,
-        "",
-        *rows,
-        "",
-        training,
-        "",
-        accuracy,
-        cost,
-        "",
-        "![layer-parallel training](layer_parallel_run/curves.png)",
-        "",
-    ]
-    summary["gradient_checks"] = [{"case": asdict(c), **d} for c, d in zip(cases, checks)]
-    summary["demo_seconds"] = time.perf_counter() - start
-    return lines, summary

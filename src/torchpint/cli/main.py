@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from torchpint.errors import TorchPintError
@@ -19,10 +20,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but ``-1e5`` and ``-2.5E-3`` are negative numbers, not unknown options.
+
+    argparse recognises ``-5`` and ``-0.5`` as negative numbers only; ``--lam -1e5`` then fails
+    with "expected one argument".  Sub-parsers are built with the parent's class, so setting the
+    pattern here fixes every command and sub-command at once.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from torchpint import __version__
 
-    parser = argparse.ArgumentParser(prog="torchpint", description="Parallel-in-time methods for PyTorch")
+    parser = ArgumentParser(prog="torchpint", description="Parallel-in-time methods for PyTorch")
     parser.add_argument("--version", action="version", version=f"torchpint {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from torchpint.cli.plots import save_figure
+from torchpint.cli.plots import plot_file, save_figure
 from torchpint.errors import NonFiniteError
 from torchpint.training.experiment import paper_table, solve_case
 from torchpint.training.memory import check_limit, parse_memory
@@ -126,30 +126,48 @@ def rank_main(spec: TaskSpec, table: int | None, max_n: int, predict: bool, out:
             folder.close()
 
 
-def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str, title: str = "") -> None:
-    """Potential speedup against N (log-log), measured and paper, as the paper's Figures 6 and 7."""
+def plot_speedup(tables: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> None:
+    """Iterations and potential speedup against N, the paper's next to ours (the paper's Figures 6 and 7).
+
+    The two iteration counts are often equal: the paper's are drawn as large open squares and ours
+    as small filled dots on top, so both stay visible where they coincide.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax_it, ax_sp) = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in tables.items():
         ns = [r["N"] for r in rows]
-        line, = ax.loglog(ns, [r["potential_speedup"] for r in rows], "o-", label=f"{label} (ours)")
+        line, = ax_it.semilogx(ns, [r["iterations"] for r in rows], "o-", markersize=5, zorder=3,
+                               label=f"{label}: measured")
+        ax_sp.loglog(ns, [r["potential_speedup"] for r in rows], "o-", markersize=5, color=line.get_color(), zorder=3,
+                     label=f"{label}: measured iterations")
+        if rows and "paper_iterations" in rows[0]:
+            ax_it.semilogx(ns, [r["paper_iterations"] for r in rows], "s--", markersize=11, markerfacecolor="none",
+                           markeredgewidth=1.5, color=line.get_color(), alpha=0.7, label=f"{label}: paper")
         if rows and "paper_potential_speedup" in rows[0]:
-            ax.loglog(ns, [r["paper_potential_speedup"] for r in rows], "x--", color=line.get_color(),
-                      label=f"{label} (paper's iterations)")
-    ax.set_xlabel("training steps N")
-    ax.set_ylabel("potential speedup N / sigma")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+            ax_sp.loglog(ns, [r["paper_potential_speedup"] for r in rows], "s--", markersize=11,
+                         markerfacecolor="none", markeredgewidth=1.5, color=line.get_color(), alpha=0.7,
+                         label=f"{label}: paper's iterations")
+    ax_it.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_it.set_ylabel("MGRIT iterations")
+    ax_sp.set_ylabel("potential speedup N / sigma")
+    all_n = sorted({r["N"] for rows in tables.values() for r in rows})
+    for ax in (ax_it, ax_sp):
+        ax.set_xticks(all_n, [str(n) for n in all_n], minor=False)  # the N that ran, not 2x10^2
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("training steps N")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def plot_history(histories: dict[str, list[float]], path: str, title: str) -> None:
+def plot_history(histories: dict[str, list[float]], path: str | Path, title: str) -> None:
     from torchpint.cli.plots import plot_residuals
 
     plot_residuals(histories, path, title=title)
@@ -194,54 +212,17 @@ def run(args: argparse.Namespace) -> int:
     if out is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
     if args.plot and args.paper_table is not None:
-        plot_speedup({f"table {args.paper_table}": out["rows"]}, args.plot, PAPER_TABLES[args.paper_table].title)
-        print(f"speedup plot: {args.plot}")
+        path = plot_file(args.plot, f"paper_table_{args.paper_table}.png")
+        plot_speedup({f"table {args.paper_table}": out["rows"]}, path,
+                     f"paper table {args.paper_table}: {PAPER_TABLES[args.paper_table].title}, "
+                     f"N <= {args.max_n}, {out['world_size']} proc.")
+        print(f"iterations and speedup plot: {path}")
     elif args.plot:
-        plot_history({f"MGRIT, {out['world_size']} proc.": out["residuals"]}, args.plot,
-                     f"{spec.task}, solver {spec.solver}, {spec.cycle}, N={spec.steps}")
-        print(f"convergence plot: {args.plot}")
+        path = plot_file(args.plot, f"mgrit_train_{spec.task}.png")
+        plot_history({f"MGRIT, {out['world_size']} proc.": out["residuals"]}, path,
+                     f"mgrit-train {spec.task}: N={spec.steps} steps, solver {spec.solver}, {spec.cycle} cycle "
+                     f"({out['levels']} levels), alpha_b={spec.resolved_alpha_b():g}, {out['world_size']} proc.")
+        print(f"convergence plot: {path}")
     if args.json:
         print_json_line(out)
     return 0
-
-
-# ---------------------------------------------------------------------------------- demo
-def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines and results: a digits MLP trained by MGRIT over its SGD steps, vs serial."""
-    out.mkdir(parents=True, exist_ok=True)
-    spec = TaskSpec(task="digits", steps=256, solver="1", cycle="V", alpha_b=0.05, alpha_max=8.0, batch=64, seed=0)
-    print(f"[mgrit-train] digits MLP 64-32-10 (tanh), {spec.steps} SGD steps (lr {spec.alpha_b}, batch {spec.batch}), "
-          f"MGRIT V-cycle over the training steps", flush=True)
-    start = time.perf_counter()
-    res = solve_case(spec, predict=False)
-    plot_history({"MGRIT V-cycle, digits MLP": res["residuals"]}, str(out / "mgrit_train_residuals.png"),
-                 "MGRIT over 256 SGD steps (digits MLP)")
-    rows = ["| iteration | residual | factor |", "|---:|---:|---:|"]
-    for k, (r, f) in enumerate(zip(res["residuals"], res["convergence_factors"]), start=1):
-        rows.append(f"| {k} | {r:.3e} | {f:.3f} |")
-    lines = [
-        "## Training parallel across training steps (MGRIT over the weight trajectory)",
-        "",
-        f"A 64-32-10 tanh MLP on the scikit-learn digits, {spec.steps} SGD steps (lr {spec.alpha_b}, batches of "
-        f"{spec.batch} from a seeded DataLoader order), float64. MGRIT (FAS, FCF, m = 2, V-cycle over "
-        f"{res['levels']} levels, coarse learning rates {', '.join(f'{a:g}' for a in res['learning_rates'])}; "
-        f"initial guess w_0 then zeros; tol 1e-9 sqrt(N)) solves all steps at once, each relaxation one "
-        f"batched `torch.func` call over all intervals.",
-        "",
-        *rows,
-        "",
-        f"- iterations: {res['iterations']} ({'converged' if res['converged'] else 'not converged'}), "
-        f"rho = {res['rho']:.3f}",
-        f"- largest weight difference from serial training (all {spec.steps + 1} points): "
-        f"{res['max_weight_diff_vs_serial']:.2e}; final weights vs torch.optim.SGD: "
-        f"{res['final_weight_diff_vs_torch_optim']:.2e}",
-        f"- test accuracy: MGRIT weights {res['test_accuracy']:.4f}, serial weights "
-        f"{res['test_accuracy_serial']:.4f}",
-        f"- potential speedup (paper's model, enough processes): {res['potential_speedup']:.2f}; "
-        f"wall-clock here: MGRIT {res['seconds']:.2f} s on one process vs serial {res['torch_optim_seconds']:.2f} s",
-        "",
-        "![residuals](mgrit_train_residuals.png)",
-        "",
-    ]
-    res["demo_seconds"] = time.perf_counter() - start
-    return lines, res

@@ -45,7 +45,7 @@ from torchpint.run.loop import StepHooks
 from torchpint.run.report import print_json_line
 from torchpint.testing.faults import parse_training_fault
 
-__all__ = ["add_arguments", "demo_section", "run", "run_training"]
+__all__ = ["add_arguments", "run", "run_training"]
 
 BALANCES = ("flops", "params", "time", "blocks")
 
@@ -387,53 +387,3 @@ def run(args: argparse.Namespace) -> int:
         print_json_line(json_summary(results))
     sys.stdout.flush()
     return 0
-
-
-# ---------------------------------------------------------------------------- demo
-DEMO_CONFIG = {"model": "resnet56", "dataset": "digits", "subnets": 2, "iterations": 1, "epochs": 6, "batch_size": 64, "lr": 0.1,
-                   "nproc": 2, "seed": 0}  # fmt: skip
-
-
-def demo_section(out: Path) -> tuple[list[str], dict[str, Any]]:
-    """Digits: parareal ResNet (N=2, 2 processes) against the original (1 process); Markdown lines + results.
-
-    Files go to ``out/paranet/``; the Markdown links are relative to ``out``
-    (where the report is written).  About two minutes on 2 cores.
-    """
-    run_dir = Path(out) / "paranet"
-    cfg = TrainConfig(**DEMO_CONFIG, out=str(run_dir), progress=True)  # type: ignore[arg-type]
-    print(f"[paranet] {cfg.model} on digits: parareal network N={cfg.subnets} on {cfg.nproc} processes "
-          f"against the original on 1, {cfg.epochs} epochs", flush=True)
-    results = run_training(cfg, compare=True, overwrite=True, quiet=True)
-    table = format_table(results)
-    print(table, flush=True)
-    p, o = results["runs"]["paranet"], results["runs"]["original"]
-    info = results["info"]
-    cmd = (f"torchpint paranet train --model {cfg.model} --dataset digits --subnets {cfg.subnets} --nproc {cfg.nproc} "
-           f"--epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr} --compare")
-    lines = [
-        "## Parareal neural network: digits, original vs parareal ResNet",
-        "",
-        (f"`{cmd}` ({results['data']['train']} training / {results['data']['test']} test images, padded to "
-        f"{cfg.input_shape[1]}x{cfg.input_shape[2]}). The parareal network tears the {info['num_blocks']} blocks into "
-        f"N={cfg.subnets} sub-networks (sub-networks 2..N start at blocks {info['split_points']}; shares of the "
-        f"measured time {', '.join(f'{100 * s:.0f}%' for s in info['balance']['shares'])}, of the FLOPs "
-        f"{', '.join(f'{100 * s:.0f}%' for s in info['flop_balance']['shares'])}), joined by coarse networks, K=1; "
-        f"each sub-network runs in its own process (one thread each, torch.distributed/gloo); "
-        f"the original runs in one process with one thread."),
-        "",
-        "| network | workers | test accuracy | parameters | s/epoch (median) | speedup |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| original | 1 | {100 * o['test_accuracy']:.2f}% | {o['params']:,} | {o['seconds_per_epoch']:.2f} | 1.00x |",
-        (f"| parareal N={cfg.subnets} | {cfg.nproc} | {100 * p['test_accuracy']:.2f}% | {p['params']:,} | "
-        f"{p['seconds_per_epoch']:.2f} | {results['comparison']['speedup_per_epoch']:.2f}x |"),
-        "",
-        (f"Coarse-network overhead: +{100 * results['coarse_overhead']['coarse_param_fraction']:.1f}% parameters, "
-        f"{100 * results['coarse_overhead']['coarse_mac_fraction']:.1f}% of the original's multiply-adds per forward pass. "
-        f"Accuracy difference: {100 * results['comparison']['accuracy_difference']:+.2f} points "
-        f"(one seed, {cfg.epochs} epochs; `benchmarks/accuracy_paranet.py` averages 3 seeds)."),
-        "",
-        "![parareal vs original](paranet/curves.png)",
-        "",
-    ]
-    return lines, results

@@ -207,6 +207,15 @@ def validate(config: SolveConfig) -> None:
     at_least("--max-iter", config.max_iter, 1)
 
 
+def plot_title(config: SolveConfig, nproc: int) -> str:
+    """The problem and the settings that shape the history, for the plot's title."""
+    size = f", nx={config.nx}" if config.problem == "heat1d" else f", lambda={config.lam:g}, {config.method}" \
+        if config.problem == "dahlquist" else ""
+    return (f"{config.problem}, nt={config.nt}{size}: MGRIT {config.levels} levels, "
+            f"cf={','.join(map(str, config.cf_list()[: config.levels - 1]))}, {config.relax}, {config.cycle}-cycle, "
+            f"{nproc} proc.")
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     validate(config)
@@ -230,10 +239,11 @@ def run(args: argparse.Namespace) -> int:
         f"(setup {summary['setup_seconds']:.3f} s)"
     )
     if args.plot:
-        from torchpint.cli.plots import plot_residuals
+        from torchpint.cli.plots import plot_file, plot_residuals
 
-        plot_residuals({f"MGRIT, {size} proc.": summary["residuals"]}, args.plot, title=f"{config.problem}")
-        print(f"convergence plot: {args.plot}")
+        path = plot_file(args.plot, f"{config.problem}_convergence.png")
+        plot_residuals({f"MGRIT, {size} proc.": summary["residuals"]}, path, title=plot_title(config, size))
+        print(f"convergence plot: {path}")
     if args.json:
         print_json_line({"command": "solve", "world_size": size, **summary, "config": asdict(config)})
     sys.stdout.flush()

@@ -50,8 +50,10 @@ from torchpint.paranet.split import (
     chain_phase_times,
     check_split_points,
     group_costs,
+    detect_stem_head,
     makespan_split,
     model_step,
+    module_placement,
 )
 
 __all__ = ["FineRunner", "ParaNet", "active_iterations", "format_info", "ideal_speedup", "parareal_sweep"]
@@ -221,6 +223,34 @@ def _shape_of(t: Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape[1:])
 
 
+def chain_shapes(modules: Sequence[nn.Module], input_shape: tuple[int, ...], unit: str) -> list[tuple[int, ...]]:
+    """Sample shapes entering each module of the chain and leaving the last (dry run on 2 zeros, eval mode).
+
+    The zeros have the modules' device and dtype, so a float64 model is probed in float64.  A
+    module that fails is named by ``unit`` (``"block"``: "block 3"; ``"layer"``: "layer 3
+    (Linear)"; anything else as it is) with the shape it was given.
+    """
+    device, dtype = module_placement(nn.ModuleList(modules))
+    modes = [m.training for m in modules]
+    shapes = [tuple(input_shape)]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            x = torch.zeros((2, *input_shape), device=device, dtype=dtype)
+            for i, m in enumerate(modules):
+                try:
+                    x = m(x)
+                except Exception as err:
+                    what = {"block": f"block {i}", "layer": f"layer {i} ({type(m).__name__})"}.get(unit, unit)
+                    raise ValueError(f"{what} cannot take input of shape {_shape_of(x)}: {err}") from err
+                shapes.append(_shape_of(x))
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    return shapes
+
+
 #: point-to-point message between two processes: latency and bandwidth measured for gloo over the
 #: loopback of a 2-core machine (a 4-byte message 0.09 ms, 8 MB 3 ms); only decides near-ties of the split
 LINK_LATENCY_S = 1e-4
@@ -255,7 +285,7 @@ def _coarse_cost(
         key = (tuple(block_shapes[a]), tuple(block_shapes[b]))
         if key not in cache:
             with torch.random.fork_rng(devices=[]):
-                probe = factory(*key).to(ParaNet._param_device(blocks[a]))
+                probe = factory(*key).to(*module_placement(blocks[a]))
             fwd, bwd = chain_phase_times([probe], key[0], batch=batch)
             cache[key] = PhaseCost(fwd[0], bwd[0])
         return cache[key]
@@ -268,14 +298,17 @@ class ParaNet(nn.Module):
 
     Args:
         model: a :class:`~torchpint.models.StemBlocksHead` (its modules are
-            taken over, not copied), or an ``nn.Sequential`` whose layers are
-            all blocks (see :meth:`from_sequential` for stem/head layers).
+            taken over, not copied), or an ``nn.Sequential``: its first
+            ``stem`` layers are the stem, its last ``head`` layers the head,
+            the layers between them the blocks.  Parameters and buffers may be
+            float32 or float64 (inputs must then be float64 too).
         subnets: ``N``, the number of fine sub-networks (1..number of blocks).
         input_shape: shape of one input sample (no batch dimension), for the
             dry run that checks shapes and sizes the coarse networks.
         iterations: ``K``, parareal iterations emulated (>= 1; ``K = N`` is exact).
-        split_points: interior block indices where sub-networks begin
-            (``N - 1`` increasing values); chosen by ``balance`` if omitted.
+        split_points: where sub-networks 2..N begin (``N - 1`` increasing
+            values): block indices, or for an ``nn.Sequential`` layer indices
+            of the Sequential; chosen by ``balance`` if omitted.
         balance: ``flops`` (default), ``params``, ``time`` or ``blocks``.  ``time``
             measures every block's forward and backward (at ``balance_batch``)
             and the coarse networks, and splits where the modelled
@@ -289,6 +322,13 @@ class ParaNet(nn.Module):
         devices: optional list of devices: stem, coarse networks and head go
             to ``devices[0]``, sub-network ``j`` to ``devices[j % len]``;
             with several, the sub-networks run concurrently.
+        stem, head: ``nn.Sequential`` only: how many leading / trailing
+            layers are the stem / head (0: none).  ``None`` (default) detects
+            them from the layers' output shapes
+            (:func:`~torchpint.paranet.split.detect_stem_head`: the layers up to
+            the first shape change, and the pooling / flattening / classifier
+            at the end), so that a stem convolution and a Linear head are not
+            torn as blocks; :meth:`info` says what was chosen.
     """
 
     def __init__(
@@ -304,13 +344,26 @@ class ParaNet(nn.Module):
         coarse_width: int | None = None,
         devices: Sequence[torch.device | str] | None = None,
         balance_batch: int = 16,
+        stem: int | None = None,
+        head: int | None = None,
     ) -> None:
         super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        layer_offset = 0  # split points of an nn.Sequential are its layer indices: blocks start at layer `stem`
         if isinstance(model, StemBlocksHead) and not isinstance(model, nn.Sequential):
-            stem, head = model.stem, model.head
+            if stem is not None or head is not None:
+                raise ValueError(f"stem= and head= are for an nn.Sequential; this {type(model).__name__} "
+                                 f"has its own stem and head")
+            stem_module, head_module = model.stem, model.head
             blocks = list(model.blocks)
+            self.parts: dict[str, Any] = {"source": type(model).__name__}
         elif isinstance(model, nn.Sequential):
-            stem, head, blocks = nn.Identity(), nn.Identity(), list(model)
+            layers = list(model)
+            n_stem, n_head, self.parts = self._sequential_parts(layers, stem, head)
+            layer_offset = n_stem
+            stem_module = nn.Sequential(*layers[:n_stem])
+            head_module = nn.Sequential(*layers[len(layers) - n_head:])
+            blocks = layers[n_stem:len(layers) - n_head]
         else:
             raise TypeError(
                 f"ParaNet needs a model with stem, blocks and head, or an nn.Sequential; got {type(model).__name__}"
@@ -320,20 +373,22 @@ class ParaNet(nn.Module):
         if subnets < 1:
             raise ValueError(f"number of sub-networks N must be >= 1, got {subnets}")
         if subnets > len(blocks):
+            what = "" if "layers" not in self.parts else (
+                f" (layers {self.parts['blocks'][0]}..{self.parts['blocks'][1]} of the nn.Sequential; "
+                f"stem: {self.parts['stem']['count']} layer(s), head: {self.parts['head']['count']})")
             raise ValueError(
-                f"number of sub-networks N={subnets} is larger than the model's {len(blocks)} blocks"
+                f"number of sub-networks N={subnets} is larger than the model's {len(blocks)} blocks{what}"
             )
         if iterations < 1:
             raise ValueError(f"number of parareal iterations K must be >= 1, got {iterations}")
         if balance not in BALANCE_MEASURES:
             raise ValueError(f"unknown balance measure {balance!r}; use one of {', '.join(BALANCE_MEASURES)}")
-        self.input_shape = tuple(int(s) for s in input_shape)
         self.subnets = subnets
         self.iterations = iterations
         self.balance_measure = balance if split_points is None else "flops"
         self.split_given = split_points is not None
-        self.stem = stem
-        self.head = head
+        self.stem = stem_module
+        self.head = head_module
         self.num_blocks = len(blocks)
 
         # Dry run of the original chain: every block's input shape, on the model's device.
@@ -362,7 +417,8 @@ class ParaNet(nn.Module):
         else:
             if len(split_points) != subnets - 1:
                 raise ValueError(f"{subnets} sub-networks need {subnets - 1} split points, got {len(split_points)}")
-            bounds = check_split_points(split_points, len(blocks))
+            unit = "layer" if "layers" in self.parts else "block"
+            bounds = check_split_points(split_points, len(blocks), offset=layer_offset, unit=unit)
             costs = block_costs(blocks, self.block_in_shapes, "flops")
         self.block_costs_used = costs
         self.bounds = bounds
@@ -382,8 +438,8 @@ class ParaNet(nn.Module):
                 factory(self.interface_shapes[j], self.interface_shapes[j + 1]) for j in range(subnets)
             ]
         self.coarse_nets = nn.ModuleList(coarse_modules)
-        device = self._param_device(self.fine_subnets[0])
-        self.coarse_nets.to(device)
+        # the shipped coarse networks are built in the default dtype: give them the model's (float64 models work)
+        self.coarse_nets.to(*module_placement(self.fine_subnets[0]))
         self._check_coarse_shapes()
 
         self.devices: list[torch.device] = []
@@ -400,24 +456,46 @@ class ParaNet(nn.Module):
         split_points: Sequence[int],
         *,
         input_shape: Sequence[int],
-        stem: int = 0,
-        head: int = 0,
+        stem: int | None = None,
+        head: int | None = None,
         **kw: Any,
     ) -> ParaNet:
-        """Build from an ``nn.Sequential``: ``seq[:stem]`` is the stem, ``seq[len-head:]`` the head.
+        """Build from an ``nn.Sequential`` with given split points: ``ParaNet(seq, len(split_points) + 1, ...)``.
 
-        ``split_points`` are indices into ``seq`` where sub-networks 2..N
-        begin (sub-network 1 begins at ``stem``).
+        ``seq[:stem]`` is the stem and ``seq[len-head:]`` the head (detected when ``None``, see
+        :class:`ParaNet`); ``split_points`` are indices into ``seq`` where sub-networks 2..N begin
+        (sub-network 1 begins at ``stem``).
         """
-        layers = list(seq)
-        end = len(layers) - head
-        if stem < 0 or head < 0 or stem >= end:
-            raise ValueError(f"stem={stem} and head={head} layers leave no blocks of the {len(layers)} layers")
-        from torchpint.models.base import SequentialNet
+        points = [int(p) for p in split_points]
+        return cls(seq, len(points) + 1, input_shape=input_shape, split_points=points, stem=stem, head=head, **kw)
 
-        net = SequentialNet(nn.Sequential(*layers[:stem]), nn.Sequential(*layers[stem:end]), nn.Sequential(*layers[end:]))
-        points = [int(p) - stem for p in split_points]
-        return cls(net, len(points) + 1, input_shape=input_shape, split_points=points, **kw)
+    def _sequential_parts(
+        self, layers: list[nn.Module], stem: int | None, head: int | None
+    ) -> tuple[int, int, dict[str, Any]]:
+        """Stem and head layer counts of an ``nn.Sequential``, given or detected, and how they were chosen."""
+        n = len(layers)
+        for name, value in (("stem", stem), ("head", head)):
+            if value is not None and not 0 <= int(value) <= n:
+                raise ValueError(f"{name}={value} must be a number of layers in 0..{n} (the nn.Sequential has {n})")
+        detected = (0, 0)
+        if stem is None or head is None:
+            shapes = chain_shapes(layers, self.input_shape, "layer")
+            detected = detect_stem_head(layers, shapes)
+        n_stem = detected[0] if stem is None else int(stem)
+        n_head = detected[1] if head is None else int(head)
+        if n_stem + n_head >= n:
+            raise ValueError(
+                f"stem ({n_stem} layer(s), {'detected' if stem is None else 'given'}) and head ({n_head}, "
+                f"{'detected' if head is None else 'given'}) leave no blocks of the nn.Sequential's {n} layers; "
+                f"pass stem= and head= (numbers of leading and trailing layers)")
+
+        def part(a: int, b: int, given: int | None) -> dict[str, Any]:
+            return {"layers": [a, b - 1] if b > a else [], "count": b - a,
+                    "types": [type(m).__name__ for m in layers[a:b]], "chosen": "detected" if given is None else "given"}
+
+        parts = {"source": "nn.Sequential", "layers": n, "stem": part(0, n_stem, stem),
+                 "head": part(n - n_head, n, head), "blocks": [n_stem, n - n_head - 1]}
+        return n_stem, n_head, parts
 
     @staticmethod
     def _param_device(module: nn.Module) -> torch.device:
@@ -427,33 +505,9 @@ class ParaNet(nn.Module):
         return p.device if p is not None else torch.device("cpu")
 
     def _dry_run_blocks(self, blocks: list[nn.Module]) -> list[tuple[int, ...]]:
-        """Shapes of the stem output and of every block's output, from a batch of 2 zeros."""
-        device = self._param_device(self.stem) if any(True for _ in self.stem.parameters()) else (
-            self._param_device(blocks[0])
-        )
-        modules = [self.stem, *blocks]
-        modes = [m.training for m in modules]
-        shapes = []
-        try:
-            for m in modules:
-                m.eval()
-            with torch.no_grad():
-                x = torch.zeros((2, *self.input_shape), device=device)
-                try:
-                    x = self.stem(x)
-                except Exception as err:
-                    raise ValueError(f"the stem cannot take input of shape {self.input_shape}: {err}") from err
-                shapes.append(_shape_of(x))
-                for i, block in enumerate(blocks):
-                    try:
-                        x = block(x)
-                    except Exception as err:
-                        raise ValueError(f"block {i} cannot take input of shape {_shape_of(x)}: {err}") from err
-                    shapes.append(_shape_of(x))
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
-        return shapes
+        """Shapes of the stem output and of every block's output."""
+        stem_shape = chain_shapes([self.stem], self.input_shape, "the stem")[1]
+        return [stem_shape, *chain_shapes(blocks, stem_shape, "block")[1:]]
 
     def _check_coarse_shapes(self) -> None:
         """Dry run of every sub-network and coarse network; a mismatch names both shapes."""
@@ -466,8 +520,7 @@ class ParaNet(nn.Module):
                 for j, fine in enumerate(self.fine_subnets):
                     a, b = self.bounds[j], self.bounds[j + 1]
                     in_shape, out_shape = self.interface_shapes[j], self.interface_shapes[j + 1]
-                    device = self._param_device(fine)
-                    x = torch.zeros((2, *in_shape), device=device)
+                    x = torch.zeros((2, *in_shape)).to(*module_placement(fine))
                     y_shape = _shape_of(fine(x))
                     if y_shape != out_shape:  # cannot happen for a chain, kept as a guard
                         raise ValueError(f"sub-network {j + 1} (blocks {a}..{b - 1}) gives {y_shape}, expected {out_shape}")
@@ -649,6 +702,9 @@ class ParaNet(nn.Module):
             "max_coarse_flop_fraction": ratio,
             "parareal_ideal_speedup": ideal_speedup(n, self.iterations, ratio) if n > 1 else 1.0,
             "step_model": self.step_model.as_dict() if self.step_model is not None else None,
+            "parts": self.parts,
+            "layer_split_points": [b + self.parts["stem"]["count"] for b in self.bounds[1:-1]]
+            if "layers" in self.parts else None,
         }
 
     def format_info(self) -> str:
@@ -663,12 +719,33 @@ def _fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _format_parts(info: dict[str, Any]) -> list[str]:
+    """For an ``nn.Sequential``: which layers became stem, blocks and head, and whether detected or given."""
+    parts = info.get("parts") or {}
+    if "layers" not in parts:
+        return []
+
+    def describe(name: str) -> str:
+        part = parts[name]
+        if not part["count"]:
+            return f"{name}: none ({part['chosen']})"
+        return (f"{name}: layers {part['layers'][0]}..{part['layers'][1]} ({', '.join(part['types'])}), "
+                f"{part['chosen']}")
+
+    return [
+        f"nn.Sequential of {parts['layers']} layers: {describe('stem')}; blocks: layers "
+        f"{parts['blocks'][0]}..{parts['blocks'][1]}; {describe('head')} (stem=/head= choose them)",
+        f"split points as layer indices of the nn.Sequential: {info['layer_split_points']}",
+    ]
+
+
 def format_info(info: dict[str, Any]) -> str:
     """Text table of a :meth:`ParaNet.info` dict."""
     lines = [
         (f"parareal network: N={info['subnets']} sub-networks, K={info['iterations']} iteration(s), "
         f"{info['num_blocks']} blocks, input {tuple(info['input_shape'])}"),
         f"split points (first block of sub-networks 2..N): {info['split_points']}",
+        *_format_parts(info),
         "",
         (f"{'sub':>4} {'blocks':>9} {'in shape':>16} {'out shape':>16} {'params':>9} {'MACs':>9} "
         f"{'coarse params':>13} {'coarse MACs':>11} {'coarse/sub':>10}"),

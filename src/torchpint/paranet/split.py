@@ -38,8 +38,10 @@ __all__ = [
     "block_costs",
     "chain_phase_times",
     "check_split_points",
+    "detect_stem_head",
     "makespan_split",
     "model_step",
+    "module_placement",
 ]
 
 BALANCE_MEASURES = ("flops", "params", "time", "blocks")
@@ -73,6 +75,16 @@ class Balance:
         }
 
 
+def module_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating-point dtype of a module's first parameter (or buffer): where its inputs must be."""
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next((b for b in module.buffers() if b.is_floating_point()), None)
+    if tensor is None:
+        return torch.device("cpu"), torch.get_default_dtype()
+    return tensor.device, tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype()
+
+
 def block_costs(
     blocks: Sequence[nn.Module],
     input_shapes: Sequence[tuple[int, ...]],
@@ -98,9 +110,8 @@ def block_costs(
     costs = []
     for block, shape in zip(blocks, input_shapes):
         probe = copy.deepcopy(block).train()
-        param = next(probe.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        x = torch.randn((batch, *shape), generator=gen).to(device).requires_grad_(True)
+        device, dtype = module_placement(probe)
+        x = torch.randn((batch, *shape), generator=gen).to(device, dtype).requires_grad_(True)
         samples = []
         for i in range(repeats + 1):
             start = time.perf_counter()
@@ -143,10 +154,9 @@ def chain_phase_times(
     estimate of the module's own cost.
     """
     chain = [copy.deepcopy(m).train() for m in modules]
-    param = next((p for m in chain for p in m.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device, dtype = module_placement(nn.ModuleList(chain))
     gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn((batch, *input_shape), generator=gen).to(device)
+    x0 = torch.randn((batch, *input_shape), generator=gen).to(device, dtype)
     n = len(chain)
     best_fwd, best_bwd = [math.inf] * n, [math.inf] * n
     for i in range(repeats + 1):
@@ -367,16 +377,79 @@ def balanced_split(costs: Sequence[float], groups: int, first_offset: float = 0.
     return bounds[::-1]
 
 
-def check_split_points(split_points: Sequence[int], num_blocks: int) -> list[int]:
-    """Validate interior cut points and return the bounds ``[0, *split_points, num_blocks]``."""
-    points = [int(p) for p in split_points]
-    bounds = [0, *points, num_blocks]
-    if any(b >= a for a, b in zip(bounds[1:], bounds[:-1])) or points and (points[0] <= 0 or points[-1] >= num_blocks):
+def check_split_points(
+    split_points: Sequence[int], num_blocks: int, offset: int = 0, unit: str = "block"
+) -> list[int]:
+    """Validate interior cut points and return the block bounds ``[0, *points - offset, num_blocks]``.
+
+    ``split_points`` are numbered as the caller numbers them: block indices (``offset`` 0), or
+    layer indices of an ``nn.Sequential`` whose first ``offset`` layers are the stem.  The error
+    quotes them, and the valid range, in that numbering.
+    """
+    given = [int(p) for p in split_points]
+    bounds = [0, *(p - offset for p in given), num_blocks]
+    if any(b >= a for a, b in zip(bounds[1:], bounds[:-1])):
+        where = "" if offset == 0 and unit == "block" else (
+            f" ({unit} indices; the blocks are {unit}s {offset}..{offset + num_blocks - 1})")
         raise ValueError(
-            f"split points must be strictly increasing and inside 1..{num_blocks - 1} "
-            f"(so that every sub-network has at least one block), got {points}"
+            f"split points must be strictly increasing and inside {offset + 1}..{offset + num_blocks - 1}{where}, "
+            f"so that every sub-network has at least one {unit}; got {given}"
         )
     return bounds
+
+
+#: layers that act element by element (or per channel) and keep the shape: they join the stem or
+#: head next to them rather than become blocks of their own
+_POINTWISE = (
+    nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd, nn.Identity,
+)
+
+
+def _pointwise(layer: nn.Module) -> bool:
+    activation = type(layer).__module__ == "torch.nn.modules.activation" and not isinstance(layer, nn.MultiheadAttention)
+    return activation or isinstance(layer, _POINTWISE)
+
+
+def detect_stem_head(layers: Sequence[nn.Module], shapes: Sequence[tuple[int, ...]]) -> tuple[int, int]:
+    """Numbers of leading (stem) and trailing (head) layers of a plain chain; ``shapes[i]`` enters layer i.
+
+    A user's ``nn.Sequential`` CNN usually opens with a convolution that changes the channel count
+    and closes with pooling, flattening and a Linear classifier.  Torn as blocks, those put an
+    interface (and a coarse network) where the shape changes: a coarse network from the image to
+    the logits is most of the network's parameters.  So:
+
+    * stem: the layers up to the first one that changes the sample shape, with the pointwise layers
+      (normalisation, activation, dropout) right after it;
+    * head: from the first layer after the stem whose output is *reduced* (fewer dimensions, or
+      every spatial size 1 where the trunk has more), with the pointwise layers right before it; for
+      a chain of vectors (an MLP), the last layer if it changes the width.
+
+    ``shapes`` has ``len(layers) + 1`` entries (the input, then every layer's output).
+    """
+    n = len(layers)
+    changes = [tuple(shapes[i]) != tuple(shapes[i + 1]) for i in range(n)]
+    stem = 0
+    if any(changes):
+        stem = changes.index(True) + 1
+        while stem < n and not changes[stem] and _pointwise(layers[stem]):
+            stem += 1
+    trunk = tuple(shapes[stem])
+
+    def reduced(shape: tuple[int, ...]) -> bool:
+        if len(shape) < len(trunk):
+            return True
+        return len(trunk) > 1 and len(shape) == len(trunk) and all(s == 1 for s in shape[1:]) and any(
+            s > 1 for s in trunk[1:])
+
+    head_start = n
+    if len(trunk) > 1:
+        head_start = next((i for i in range(stem, n) if reduced(tuple(shapes[i + 1]))), n)
+    elif n > stem and changes[n - 1]:
+        head_start = n - 1
+    while head_start > stem and head_start < n and _pointwise(layers[head_start - 1]):
+        head_start -= 1
+    return stem, n - head_start
 
 
 def group_costs(costs: Sequence[float], bounds: Sequence[int]) -> tuple[float, ...]:

@@ -422,6 +422,7 @@ def run_workers(
     need every rank's result (tests, benchmarks).  Raises :class:`WorkerError` when a worker
     raises or dies, :class:`Interrupted` on SIGTERM/SIGINT, after stopping all the others.
     """
+    _leave_if_bootstrapping()
     if nproc < 1:
         raise ConfigError(f"nproc must be >= 1, got {nproc}")
     ctx = mp.get_context("spawn")
@@ -468,6 +469,22 @@ def run_workers(
             _stop(procs)
 
 
+#: exit code of a worker that found itself re-running the caller's unguarded script while it started
+_UNGUARDED_MAIN_EXIT = 87
+
+
+def _leave_if_bootstrapping() -> None:
+    """In a worker that is still importing the caller's script, leave quietly with a code the parent explains.
+
+    Without this, multiprocessing raises its RuntimeError in every worker (a long traceback each)
+    and the parent sees only workers that died.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        os._exit(_UNGUARDED_MAIN_EXIT)
+
+
 def _stop(procs: list[Any]) -> None:
     """SIGTERM every live worker, SIGKILL what is left after 1 s: all gone within ~1.2 s."""
     for proc in procs:
@@ -501,6 +518,8 @@ def _diagnose(procs: list[Any], results: Any, errors: dict[int, tuple[str, str]]
         elif status == "error":
             errors.setdefault(r, value)
     nproc = len(procs)
+    if any(proc.exitcode == _UNGUARDED_MAIN_EXIT for proc in procs):
+        return "", f"the workers could not start: {_MAIN_GUARD_HINT}"
     for r, proc in enumerate(procs):
         if proc.exitcode not in (None, 0) and r not in errors:
             if r not in started:

@@ -141,7 +141,12 @@ class TrainingTask:
         return {n: p.view(s) for n, p, s in zip(self.names, w.split(self.numels), self.shapes)}
 
     def load_into(self, model: nn.Module, w: Tensor) -> nn.Module:
-        """Copy the flat weights ``w`` into ``model``'s parameters (in place); returns it."""
+        """Copy the flat weights ``w`` into ``model``'s parameters (in place); returns it.
+
+        Argument order, as in every torchpint helper that loads values into a model: the
+        destination first, then what goes into it (``load_into(model, w)``; note that
+        ``torch.nn.utils.vector_to_parameters(w, params)`` has the opposite order).
+        """
         named = dict(model.named_parameters())
         with torch.no_grad():
             for n, p in self.unflatten(w).items():

@@ -1,6 +1,6 @@
 """A user-defined problem in ten lines: a damped oscillator, solved with MGRIT and parareal.
 
-    .venv/bin/python examples/custom_problem.py
+    .venv/bin/python examples/engine_own_problem.py
 """
 
 import torch
