@@ -113,7 +113,6 @@ def train_epochs(
     barrier: Callable[[], None] | None = None,
     group: Any = None,
     progress: bool = True,
-    print_fn: Callable[[str], None] | None = None,
     resume_from: Any = _AGREE,
 ) -> LoopResult:
     """Train ``trainer`` for ``epochs`` epochs (continuing a checkpointed run with ``resume``).
@@ -133,7 +132,9 @@ def train_epochs(
     """
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    say = print_fn or (lambda line: print(line, flush=True))
+    def say(line: str) -> None:
+        print(line, flush=True)
+
     history: list[dict[str, Any]] = []
     start_epoch = 0
     notes: list[str] = []
