@@ -31,8 +31,8 @@ import torch
 
 from torchpint.cli.plots import plot_residuals, save_figure
 from torchpint.cli.solve import SolveConfig, build_problem, build_solver, solve_many
-from torchpint.run import run_workers
 from torchpint.engine import time_grid
+from torchpint.run import run_workers
 
 #: Heat1D with MGRIT.  nx = 4097 gives every C-interval's step enough work that the halo
 #: messages and the all-reduce are small next to it (at nx = 1025, 2 processes lost to 1).

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from torchpint.layerpar.train import (
     DTYPES,
     LayerParallelConfig,
     load_layer_parallel_data,
-    one_thread,
     train_layer_parallel,
     write_outputs,
 )

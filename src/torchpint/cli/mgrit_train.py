@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from torchpint.cli.plots import plot_file, save_figure
 from torchpint.errors import NonFiniteError
+from torchpint.run import launch, launched_by_torchrun, open_run_folder, print_json_line, world_size
+from torchpint.run.ranks import open_run_folder_on_ranks
 from torchpint.training.experiment import paper_table, solve_case
 from torchpint.training.memory import check_limit, parse_memory
 from torchpint.training.paper import PAPER_N, PAPER_TABLES
 from torchpint.training.solver import memory_estimate
-from torchpint.run import launch, launched_by_torchrun, open_run_folder, print_json_line, world_size
-from torchpint.run.ranks import open_run_folder_on_ranks
 from torchpint.training.tasks import SOLVERS, TASKS, TaskSpec, build_task
 
 DEFAULT_STEPS = {"xor": 100, "addition": 100, "digits": 256}

@@ -14,10 +14,10 @@ from torchpint.engine import MGRIT, ReversedComm, default_comm, time_grid
 from torchpint.engine.problem import Problem
 from torchpint.errors import ConfigError
 from torchpint.problems import Brusselator, Dahlquist, Heat1D, default_rhs
-from torchpint.testing.faults import FaultyProblem
 from torchpint.run.launch import launch, world_size
 from torchpint.run.launch import rank as launch_rank
 from torchpint.run.report import print_json_line
+from torchpint.testing.faults import FaultyProblem
 
 PROBLEMS = ("dahlquist", "heat1d", "brusselator")
 

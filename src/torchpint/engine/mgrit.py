@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchpint import errors
 from torchpint.engine.comm import Comm, default_comm
 from torchpint.engine.grid import coarsen, layouts
 from torchpint.engine.level import Level
@@ -50,7 +51,6 @@ from torchpint.engine.state import (
 )
 from torchpint.engine.timing import PhaseTimer
 from torchpint.engine.transfer import correct, restrict
-from torchpint import errors
 from torchpint.errors import ConfigError
 
 

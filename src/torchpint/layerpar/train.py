@@ -30,8 +30,8 @@ from torchpint.data import load_dataset
 from torchpint.data.base import Datasets
 from torchpint.engine.comm import Comm, SerialComm
 from torchpint.engine.mgrit import ConfigError, parse_relax
-from torchpint.layerpar.layout import batch_shard, layer_data_comms, layer_data_ranks, plan_layout
 from torchpint.engine.state import flatten, unflatten
+from torchpint.layerpar.layout import batch_shard, layer_data_comms, layer_data_ranks, plan_layout
 from torchpint.layerpar.network import LayerParallel
 from torchpint.run import Checkpoints, check_finite, train_epochs
 from torchpint.run.checkpoint import save_atomic
