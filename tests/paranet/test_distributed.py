@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from torchpint.run.launch import run_workers
-from torchpint.paranet.checks import (
+from torchpint.testing.paranet import (
     GradientSpec,
     distributed_gradients,
     distributed_sgd_step,

@@ -113,6 +113,7 @@ def train_epochs(
     barrier: Callable[[], None] | None = None,
     group: Any = None,
     progress: bool = True,
+    print_fn: Callable[[str], None] | None = None,
     resume_from: Any = _AGREE,
 ) -> LoopResult:
     """Train ``trainer`` for ``epochs`` epochs (continuing a checkpointed run with ``resume``).
@@ -132,8 +133,7 @@ def train_epochs(
     """
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    def say(line: str) -> None:
-        print(line, flush=True)
+    say = print_fn or (lambda line: print(line, flush=True))
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
