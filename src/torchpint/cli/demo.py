@@ -13,7 +13,7 @@ Four sections, one per capability, then a Markdown report (``report.md``, PNG pl
   than serial, and the report says so.
 
 Every process runs one intra-op thread, so that "1 process" and "2 processes" compare like with
-like.  Processes are started only through :func:`torchpint.run.run_workers`.
+like.  Processes are started only through :mod:`torchpint.run` (``launch``, ``run_workers``).
 """
 
 from __future__ import annotations
