@@ -32,7 +32,7 @@ import torch
 
 from torchpint.cli.plots import plot_residuals, save_figure
 from torchpint.cli.solve import SolveConfig, build_problem, build_solver, solve_many
-from torchpint.run import launch, open_run_folder, run_workers
+from torchpint.run import run_workers
 from torchpint.engine import time_grid
 
 #: Heat1D with MGRIT.  nx = 4097 gives every C-interval's step enough work that the halo
@@ -47,7 +47,7 @@ PARANET_DEMO: dict[str, Any] = {"model": "resnet110", "dataset": "digits", "imag
 #: MGRIT training: the digits MLP over its SGD steps (TaskSpec fields)
 MGRIT_TRAIN_DEMO: dict[str, Any] = {"task": "digits", "steps": 256, "solver": "1", "cycle": "V", "alpha_b": 0.05,
                                     "alpha_max": 8.0, "batch": 64, "seed": 0}
-#: layer-parallel: the checks, the training run (layerpar TrainConfig fields) and the timed network
+#: layer-parallel: the checks, the training run (LayerParallelConfig fields) and the timed network
 #: (benchmarks/bench_layer_parallel.py's 2-iteration setting: few iterations, as layer-parallel
 #: training is run in practice; its serial counterpart is the same network's nn.Sequential)
 LAYER_PARALLEL_CHECKS: list[dict[str, Any]] = [
@@ -248,6 +248,7 @@ def mgrit_train_worker(spec: Any) -> dict[str, Any] | None:
 
 def mgrit_train_section(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     """A digits MLP trained by MGRIT over its SGD steps on 1 and 2 processes, against serial SGD."""
+    from torchpint.run import launch
     from torchpint.training.serial import serial_train, torch_optim_train
     from torchpint.training.solver import max_difference
     from torchpint.training.speedup import calibrate, predict_seconds
@@ -349,6 +350,7 @@ def layer_parallel_section(out: Path, nproc: int) -> tuple[list[str], dict[str, 
     """Gradients equal autograd, training equals serial, and the cost against the model."""
     from torchpint.layerpar.bench import BenchSpec, time_many
     from torchpint.layerpar.train import LayerParallelConfig
+    from torchpint.run import open_run_folder
     from torchpint.testing.layer_parallel import CheckCase, compare, serial_gradients
 
     cases = [CheckCase(**case) for case in LAYER_PARALLEL_CHECKS]
