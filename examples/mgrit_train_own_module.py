@@ -4,10 +4,10 @@
 
 Training is the evolution ``w_{i+1} = Phi_i(w_i)`` (one optimizer step per training step, the
 batches drawn up front in a seeded DataLoader order).  MGRIT solves all steps at once and
-converges to the weights that ``torch.optim`` produces step by step.  ``train_mgrit(task, options,
-nproc=2)`` splits the steps over 2 processes (started by the launcher: call it under
-``if __name__ == "__main__":``, as here); on a few cores it is slower than serial training
-(docs/mgrit-training.md has the cost model).
+converges to the weights that ``torch.optim`` produces step by step.  Called on every rank of a
+process group, ``train_mgrit`` splits the steps between the ranks; ``torchpint.run.launch(fn,
+nproc=2)`` starts 2 such processes (call it under ``if __name__ == "__main__":``, as here).  On a
+few cores that is slower than serial training (docs/mgrit-training.md has the cost model).
 """
 
 import torch

@@ -13,7 +13,7 @@ Four sections, one per capability, then a Markdown report (``report.md``, PNG pl
   than serial, and the report says so.
 
 Every process runs one intra-op thread, so that "1 process" and "2 processes" compare like with
-like.  Processes are started only through :func:`torchpint.run.run_workers`.
+like.  Processes are started only through :mod:`torchpint.run` (``launch``, ``run_workers``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -46,8 +47,8 @@ PARANET_DEMO: dict[str, Any] = {"model": "resnet110", "dataset": "digits", "imag
 #: MGRIT training: the digits MLP over its SGD steps (TaskSpec fields)
 MGRIT_TRAIN_DEMO: dict[str, Any] = {"task": "digits", "steps": 256, "solver": "1", "cycle": "V", "alpha_b": 0.05,
                                     "alpha_max": 8.0, "batch": 64, "seed": 0}
-#: layer-parallel: the checks, the training run (layerpar TrainConfig fields) and the timed network
-#: (benchmarks/bench_layer_parallel.py's 2/1-iteration setting: few iterations, as layer-parallel
+#: layer-parallel: the checks, the training run (LayerParallelConfig fields) and the timed network
+#: (benchmarks/bench_layer_parallel.py's 2-iteration setting: few iterations, as layer-parallel
 #: training is run in practice; its serial counterpart is the same network's nn.Sequential)
 LAYER_PARALLEL_CHECKS: list[dict[str, Any]] = [
     {"layers": 8, "levels": 1},
@@ -55,7 +56,7 @@ LAYER_PARALLEL_CHECKS: list[dict[str, Any]] = [
 ]
 LAYER_PARALLEL_DEMO: dict[str, Any] = {"layers": 16, "levels": 2, "cf": 4, "epochs": 2, "width": 4}
 LAYER_PARALLEL_TIMING: dict[str, Any] = {"layers": 64, "width": 128, "batch": 128, "levels": 3, "cf": 4,
-                                         "fwd_max_iter": 2, "bwd_max_iter": 1, "repeat": 3}
+                                         "max_iter": 2, "repeat": 3}
 #: processes the cost models are projected to
 PROJECTED = [2**k for k in range(11)]  # 1..1024
 
@@ -163,13 +164,13 @@ def paranet_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         "",
         "| network | workers | test accuracy | parameters | seconds per epoch | speed-up |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| original | 1 | {100 * o['test_acc']:.2f}% | {o['params']:,} | {o['seconds_per_epoch']:.1f} | 1.00x |",
-        (f"| parareal N = {cfg.subnets} | {cfg.nproc} | {100 * p['test_acc']:.2f}% | {p['params']:,} | "
+        f"| original | 1 | {100 * o['test_accuracy']:.2f}% | {o['params']:,} | {o['seconds_per_epoch']:.1f} | 1.00x |",
+        (f"| parareal N = {cfg.subnets} | {cfg.nproc} | {100 * p['test_accuracy']:.2f}% | {p['params']:,} | "
          f"{p['seconds_per_epoch']:.1f} | **{comparison['speedup_per_epoch']:.2f}x** |"),
         "",
         (f"The split's modelled step (measured block times, K = 1): {model.get('speedup', float('nan')):.2f}x. "
          f"Coarse networks: +{100 * results['coarse_overhead']['coarse_param_fraction']:.2f}% parameters. "
-         f"Accuracy after {cfg.epochs} epoch, one seed: {comparison['accuracy_difference_points']:+.2f} points "
+         f"Accuracy after {cfg.epochs} epoch, one seed: {100 * comparison['accuracy_difference']:+.2f} points "
          f"(parareal - original); `benchmarks/accuracy_paranet.py` averages 3 seeds over 20 epochs."),
         "",
         "![parareal vs original](paranet/curves.png)",
@@ -225,23 +226,44 @@ def best_modelled(procs: list[int], model_seconds: list[float], baseline: float)
 
 
 # ------------------------------------------------------------------------------------ MGRIT training
+def mgrit_train_worker(spec: Any) -> dict[str, Any] | None:
+    """One rank of MGRIT training over ``spec``'s steps (call on every rank); rank 0 returns what the
+    section compares: the residuals, the batched calls (the cost model's input) and the weights."""
+    from torchpint.engine.comm import default_comm
+    from torchpint.training.solver import train_mgrit
+    from torchpint.training.tasks import build_task
+
+    task, options = build_task(spec)
+    options.verbose = False
+    comm = default_comm()
+    result = train_mgrit(task, options, comm=comm)
+    if comm.rank != 0:
+        return None
+    # numpy, not tensors: the result crosses a process boundary (torch would share file descriptors)
+    return {"iterations": result.iterations, "residuals": result.residuals, "seconds": result.seconds,
+            "calls": result.calls, "levels": result.levels, "potential_speedup": result.potential_speedup,
+            "weights": result.weights.numpy(),
+            "trajectory_weights": task.update.weights(result.trajectory).numpy()}
+
+
 def mgrit_train_section(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     """A digits MLP trained by MGRIT over its SGD steps on 1 and 2 processes, against serial SGD."""
+    from torchpint.run import launch
     from torchpint.training.serial import serial_train, torch_optim_train
-    from torchpint.training.solver import max_difference, train_mgrit
+    from torchpint.training.solver import max_difference
     from torchpint.training.speedup import calibrate, predict_seconds
     from torchpint.training.tasks import TaskSpec, accuracy, build_task, digits_data
 
     spec = TaskSpec(**MGRIT_TRAIN_DEMO)
     print(f"[mgrit-train] digits MLP 64-32-10 (tanh), {spec.steps} SGD steps (lr {spec.alpha_b}, batch {spec.batch}): "
           f"MGRIT V-cycle over the training steps on 1 and {nproc} processes vs serial SGD", flush=True)
-    task, options = build_task(spec)
-    options.verbose = False
-    runs = {p: train_mgrit(task, replace(options), nproc=p) for p in (1, nproc)}
+    task, _ = build_task(spec)
+    runs = {p: SimpleNamespace(**launch(mgrit_train_worker, (spec,), nproc=p)) for p in (1, nproc)}
+    for r in runs.values():
+        r.weights, r.trajectory_weights = torch.from_numpy(r.weights), torch.from_numpy(r.trajectory_weights)
     serial = serial_train(task, keep="all")
     optim = torch_optim_train(task, keep="last")
-    diffs = {p: max_difference(task.update.weights(r.trajectory), task.update.weights(serial.trajectory))
-             for p, r in runs.items()}
+    diffs = {p: max_difference(r.trajectory_weights, task.update.weights(serial.trajectory)) for p, r in runs.items()}
     one = runs[1]
     _, _, xt, yt = digits_data(spec.seed)
     acc_mgrit, acc_serial = accuracy(task, runs[nproc].weights, xt, yt), accuracy(task, serial.weights, xt, yt)
@@ -298,47 +320,60 @@ def mgrit_train_section(out: Path, nproc: int) -> tuple[list[str], dict[str, Any
 
 
 # ------------------------------------------------------------------------------------ layer-parallel
-def layer_parallel_worker(cases: list[Any], config: Any, timing: list[Any]) -> dict[str, Any]:
-    """One rank of the layer-parallel section, in one process group: gradient checks, training, timing."""
+def layer_parallel_worker(cases: list[Any], config: Any, out: str, timing: list[Any]) -> dict[str, Any]:
+    """One rank of the layer-parallel section, in one process group: gradient checks, training (run
+    folder ``out``; rank 0 writes its files and returns their summary), timing."""
     from torchpint.layerpar.bench import time_many
-    from torchpint.layerpar.checks import parallel_gradients
-    from torchpint.layerpar.train import train_worker
+    from torchpint.testing.layer_parallel import demo_worker
 
-    return {"checks": parallel_gradients(cases), "train": train_worker(config), "timing": time_many(timing)}
+    return {**demo_worker(cases, config, out), "timing": time_many(timing)}
+
+
+def ideal_seconds(one_process: dict[str, Any], nproc: int) -> float:
+    """The cost model's time per batch on ``nproc`` processes, from a one-process timing: each solve's
+    time per layer step, the steps of every level but the coarsest split over ``nproc``, the coarsest
+    level serial; no communication (an ideal bound)."""
+    total = 0.0
+    for phase in ("forward", "backward"):
+        steps = one_process[phase]["steps_per_level"]
+        per_step = one_process[f"{phase}_seconds"] / max(sum(steps), 1)
+        total += per_step * (sum(steps[:-1]) / nproc + steps[-1])
+    return total
+
+
+def mgrit_work(one_process: dict[str, Any], layers: int) -> float:
+    """Layer steps of both solves over the ``2 * layers`` of a serial forward and backward pass."""
+    return sum(sum(one_process[phase]["steps_per_level"]) for phase in ("forward", "backward")) / (2 * layers)
 
 
 def layer_parallel_section(out: Path, nproc: int) -> tuple[list[str], dict[str, Any]]:
     """Gradients equal autograd, training equals serial, and the cost against the model."""
-    from torchpint.cli.layer_parallel import plot_training, summarize
-    from torchpint.layerpar.bench import BenchSpec, ideal_time, time_many
-    from torchpint.layerpar.checks import CheckCase, compare, serial_gradients
-    from torchpint.layerpar.train import TrainConfig, max_parameter_difference, train_serial
+    from torchpint.layerpar.bench import BenchSpec, time_many
+    from torchpint.layerpar.train import LayerParallelConfig
+    from torchpint.run import open_run_folder
+    from torchpint.testing.layer_parallel import CheckCase, compare, serial_gradients
 
     cases = [CheckCase(**case) for case in LAYER_PARALLEL_CHECKS]
-    config = TrainConfig(**LAYER_PARALLEL_DEMO, nproc=nproc, progress=False)
+    config = LayerParallelConfig(**LAYER_PARALLEL_DEMO, nproc=nproc, progress=False)
+    config.validate()
+    run_dir = out / "layer_parallel"
     timed = BenchSpec(**LAYER_PARALLEL_TIMING)
     print(f"[layer-parallel] gradient checks, a {config.layers}-layer conv ResNet trained on digits, and the "
           f"cost of a {timed.layers}-layer ResNet on 1 and {nproc} processes", flush=True)
-    ranks = run_workers(layer_parallel_worker, nproc, (cases, config, [timed]))
+    # every rank's gradients and timing are compared, so all ranks' results: run_workers, not launch
+    with open_run_folder(run_dir, resume=False, overwrite=True,
+                         record={"command": "demo (layer-parallel train)", "config": asdict(config)}):
+        ranks = run_workers(layer_parallel_worker, nproc, (cases, config, str(run_dir), [timed]))
     checks = compare([r["checks"] for r in ranks], [serial_gradients(c) for c in cases])
-    serial_run = train_serial(config)
     # 1-process MGRIT and the serial network taking turns, twice, the faster of each kept: the model's
     # break-even is their ratio, and other work on the machine only ever adds time
     turns = time_many([replace(timed), replace(timed, mode="serial")] * 2)
     one_process = min(turns[0::2], key=lambda t: t["total_seconds"])
     serial_timing = min(turns[1::2], key=lambda t: t["total_seconds"])
     two = max(r["timing"][0]["total_seconds"] for r in ranks)  # the pass ends when the slowest rank does
-    parallel = ranks[0]["train"]
-    result = {"config": asdict(config), "layer_parallel": parallel, "serial": serial_run,
-              "max_parameter_difference": max_parameter_difference(parallel["state"], serial_run["state"]),
-              "test_accuracy_serial": serial_run["history"][-1]["test_accuracy"],
-              "test_accuracy_layer_parallel": parallel["history"][-1]["test_accuracy"]}
-    summary = summarize(result)
-    plot_training(result, out / "layer_parallel_training.png",
-                  f"{config.layers}-layer conv ResNet on digits: MGRIT {config.levels} levels, cf {config.cf}, "
-                  f"{config.nproc} proc. vs serial")
+    summary = ranks[0]["train"]  # layer-parallel and serial training, written to run_dir by rank 0
     # one process owns at least one layer: beyond `layers` processes the model stays flat
-    model = [ideal_time(one_process, min(p, timed.layers)) for p in PROJECTED]
+    model = [ideal_seconds(one_process, min(p, timed.layers)) for p in PROJECTED]
     baseline = serial_timing["total_seconds"]
     even = break_even(PROJECTED, model, baseline)
     best, best_at = best_modelled(PROJECTED, model, baseline)
@@ -346,7 +381,7 @@ def layer_parallel_section(out: Path, nproc: int) -> tuple[list[str], dict[str, 
     speedup = baseline / two
     plot_cost_projection(out / "layer_parallel_cost.png",
                          f"Layer-parallel, {timed.layers} layers, width {timed.width}, batch {timed.batch}: "
-                         f"{timed.levels} levels, cf {timed.cf}, {timed.fwd_max_iter}/{timed.bwd_max_iter} iterations",
+                         f"{timed.levels} levels, cf {timed.cf}, {timed.max_iter} iterations",
                          PROJECTED, model, measured, baseline, "serial forward + backward (measured)", even)
     rows = ["| network | MGRIT | iterations fwd / bwd | output | input gradient | parameter gradients |",
             "|---|---|---:|---:|---:|---:|"]
@@ -374,12 +409,12 @@ def layer_parallel_section(out: Path, nproc: int) -> tuple[list[str], dict[str, 
         "",
         (f"Training: {config.layers}-layer conv ResNet (width {config.width}) on the digits, {config.epochs} epochs, "
          f"MGRIT {config.levels} levels, cf {config.cf}, on {nproc} processes, and the serial `nn.Sequential` from "
-         f"the same weights on the same batches: test accuracy {summary['test_accuracy_layer_parallel']:.4f} "
+         f"the same weights on the same batches: test accuracy {summary['test_accuracy']:.4f} "
          f"(layer-parallel), {summary['test_accuracy_serial']:.4f} (serial); largest parameter difference after "
          f"training {summary['max_parameter_difference']:.1e}."),
         "",
         (f"Cost: {timed.layers} layers (linear + tanh), width {timed.width}, batch {timed.batch}, {timed.levels} "
-         f"levels, cf {timed.cf}, {timed.fwd_max_iter} forward / {timed.bwd_max_iter} adjoint iterations, float32; "
+         f"levels, cf {timed.cf}, {timed.max_iter} forward and {timed.max_iter} adjoint iterations, float32; "
          f"median of {timed.repeat} passes (1 process and serial: the faster of two such medians, taking turns)."),
         "",
         "| run | forward + backward per batch |",
@@ -390,14 +425,14 @@ def layer_parallel_section(out: Path, nproc: int) -> tuple[list[str], dict[str, 
         "",
         (f"- **on this machine layer-parallel is slower than the serial network** ({speedup:.2f}x on {nproc} "
          f"processes): MGRIT applies the layers several times per pass "
-         f"({(sum(one_process['forward_steps_per_level']) + sum(one_process['backward_steps_per_level'])) / (2 * timed.layers):.1f}"
+         f"({mgrit_work(one_process, timed.layers):.1f}"
          f" times the serial pass's layer steps here)"),
         (f"- the cost model (the layer steps of each level split over P processes, the coarsest level serial, no "
          f"communication: an ideal bound; at most one process per layer) puts the break-even "
          f"{_even_text(even, PROJECTED[-1])}; its best is {best:.2f}x the serial pass's speed, from {best_at} "
          f"processes (the coarsest level is solved serially: more levels or more layers lower that floor)"),
         "",
-        "![cost model](layer_parallel_cost.png) ![training](layer_parallel_training.png)",
+        "![cost model](layer_parallel_cost.png) ![training](layer_parallel/curves.png)",
         "",
     ]
     summary["gradient_checks"] = [{"case": asdict(c), **d} for c, d in zip(cases, checks)]
@@ -427,7 +462,7 @@ def summary_rows(results: dict[str, Any], nproc: int) -> list[dict[str, Any]]:
              f"MGRIT does {e['work_ratio']:.0f}x the sequential loop's steps (loop {e['sequential_seconds']:.2f} s): "
              f"with ideal scaling it beats the loop from ~{math.ceil(e['work_ratio'])} processes"),
         _row("paranet", f"test accuracy after {len(runs['paranet']['history'])} epoch: parareal "
-                        f"{100 * runs['paranet']['test_acc']:.1f}%, original {100 * runs['original']['test_acc']:.1f}%",
+                        f"{100 * runs['paranet']['test_accuracy']:.1f}%, original {100 * runs['original']['test_accuracy']:.1f}%",
              p["comparison"]["speedup_per_epoch"],
              f"parareal {p['config']['model']} on {p['config']['nproc']} workers over the original on 1 (epoch time)",
              f"modelled step {(p['info'].get('step_model') or {}).get('speedup', float('nan')):.2f}x on "
