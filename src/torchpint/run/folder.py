@@ -35,16 +35,29 @@ RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
 
 
-def _started_key(path: str | Path) -> str:
-    return f"torchpint/run-started/{os.path.abspath(path)}"
+def _started_key(path: str | Path, attempt: int) -> str:
+    return f"torchpint/run-started/{attempt}/{os.path.abspath(path)}"
+
+
+def _attempt() -> int:
+    """torchrun's restart attempt (0: the first)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def elastic_restart(path: str | Path) -> bool:
-    """True when this torchrun job already started a run in ``path``: this is a restart after a failure."""
+    """True when an EARLIER attempt of this torchrun job started a run in ``path``: a restart after a failure.
+
+    Only earlier attempts count: the current attempt's rank 0 marks its start while the other
+    ranks may still be asking, and every rank of one attempt must get the same answer (a rank
+    that resumed while rank 0 started afresh waited forever in the checkpoint agreement).
+    """
     from torchpint.run.launch import job_store
 
+    attempt = _attempt()
     store = job_store()
-    return store is not None and bool(store.check([_started_key(path)]))
+    if store is None or attempt == 0:
+        return False
+    return any(bool(store.check([_started_key(path, a)])) for a in range(attempt))
 
 
 def _mark_started(path: Path) -> None:
@@ -52,7 +65,7 @@ def _mark_started(path: Path) -> None:
 
     store = job_store()
     if store is not None:
-        store.set(_started_key(path), "1")
+        store.set(_started_key(path, _attempt()), "1")
 
 
 def _run_id() -> str | None:

@@ -72,7 +72,7 @@ _HEARTBEAT_S = 0.2  # how often each rank touches its heartbeat key
 _STALE_S = 1.0  # a heartbeat older than this belongs to a rank that is gone
 _MAIN_GUARD_HINT = (
     "processes are started with 'spawn', which re-imports the main module: a script that calls torchpint's "
-    "launcher (torchpint.run.launch, run_workers, fit(..., nproc=N)) must run it under "
+    "launcher (torchpint.run.launch, run_workers) must run it under "
     "`if __name__ == \"__main__\":`"
 )
 
