@@ -67,7 +67,12 @@ def _fake_torchrun_job(monkeypatch) -> object:
 def test_elastic_restart_of_the_same_job_resumes_by_itself(tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     job = _fake_torchrun_job(monkeypatch)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     open_run_folder(out, resume=False, overwrite=False).close()  # the first attempt started the run
+    # within the first attempt the run is not "restarted" (every rank of an attempt must agree)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        open_run_folder(out, resume=False, overwrite=False)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     with open_run_folder(out, resume=False, overwrite=False) as folder:  # torchrun restarted the job
         assert folder.resume
     with open_run_folder(out, resume=False, overwrite=True) as folder:  # the restart repeats the flags
