@@ -23,13 +23,6 @@ TINY = ["--model", "resnet11-small", "--dataset", "digits", "--image-size", "8",
 
 pytestmark = pytest.mark.slow
 
-# torchrun jobs of paranet workers need ~30 s each on an idle 2-core machine, but some hung
-# intermittently on an overloaded one (the hub blocked in a send to a rank that had been killed;
-# a job that never reached its third epoch): opt in with TORCHPINT_TORCHRUN_TESTS=1 until that is
-# understood (see docs/running.md).
-opt_in = pytest.mark.skipif(os.environ.get("TORCHPINT_TORCHRUN_TESTS") != "1",
-                            reason="set TORCHPINT_TORCHRUN_TESTS=1 (several torchrun jobs of paranet workers)")
-
 
 def _limit(seconds: float) -> float:
     """``seconds`` on an idle machine, stretched by how oversubscribed this one is (other jobs' load)."""
@@ -52,7 +45,36 @@ def test_solve_on_two_agents_equals_two_local_processes(capsys) -> None:
     assert remote["residuals"] == pytest.approx(local["residuals"], rel=1e-12, abs=0)
 
 
-@opt_in
+def test_mgrit_train_on_two_agents_equals_two_local_processes(tmp_path, capsys) -> None:
+    command = ["mgrit-train", "xor", "--steps", "40", "--cycle", "V", "--no-predict", "--json"]
+    run = finish(agents([*command, "--out", str(tmp_path / "agents")]))
+    assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-2000:] + run[1].stderr[-2000:]
+    assert "MGRIT" not in run[1].stdout  # rank 0 reports, once
+    remote = json_result(run)
+    local = _local_json(capsys, [*command, "--nproc", "2", "--out", str(tmp_path / "local")])
+    assert remote["world_size"] == local["world_size"] == 2
+    assert remote["iterations"] == local["iterations"]
+    assert remote["residuals"] == pytest.approx(local["residuals"], rel=1e-12)
+    ours = torch.load(tmp_path / "agents" / "model.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "local" / "model.pt", weights_only=True)
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) <= 1e-12
+
+
+def test_layer_parallel_train_on_two_agents_equals_two_local_processes(tmp_path, capsys) -> None:
+    command = ["layer-parallel", "train", "--arch", "mlp", "--width", "6", "--layers", "8", "--levels", "2", "--cf",
+               "2", "--batch", "256", "--epochs", "1", "--no-progress", "--no-serial", "--json"]
+    run = finish(agents([*command, "--out", str(tmp_path / "agents")]))
+    assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-2000:] + run[1].stderr[-2000:]
+    assert "[layer-parallel] epoch" not in run[1].stdout  # rank 0 reports, once
+    remote = json_result(run)
+    local = _local_json(capsys, [*command, "--nproc", "2", "--out", str(tmp_path / "local")])
+    assert remote["world_size"] == local["world_size"] == 2
+    assert remote["final_loss"] == pytest.approx(local["final_loss"], rel=1e-6)
+    ours, theirs = (json.loads((tmp_path / name / "metrics.json").read_text())["batch_losses"]
+                    for name in ("agents", "local"))
+    assert len(ours) == 6 and ours == pytest.approx(theirs, rel=1e-6)
+
+
 def test_paranet_on_two_agents_with_an_elastic_restart_ends_as_the_uninterrupted_run(tmp_path, capsys) -> None:
     """Rank 1 is SIGKILLed in epoch 2; torchrun restarts both agents' workers, which resume from epoch 1."""
     run = finish(agents(["paranet", "train", *TINY, "--epochs", "2", "--out", str(tmp_path / "agents"), "--json",
@@ -73,7 +95,6 @@ def test_paranet_on_two_agents_with_an_elastic_restart_ends_as_the_uninterrupted
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # deterministic: bitwise
 
 
-@opt_in
 def test_paranet_replicas_on_two_agents_of_two_processes(tmp_path, capsys) -> None:
     command = ["paranet", "train", *TINY, "--epochs", "1", "--replicas", "2", "--json"]
     run = finish(agents([*command, "--out", str(tmp_path / "agents")], nproc_per_node=2))
@@ -106,7 +127,6 @@ def _everything_gone(run, workers: list[int], within: float) -> float:
     return time.monotonic() - start
 
 
-@opt_in
 def test_a_dead_rank_without_restarts_stops_every_process_within_5_s_and_is_named(tmp_path) -> None:
     run = agents(["paranet", "train", *TINY, "--epochs", "20", "--out", str(tmp_path / "run"),
                   "--inject-fault", "kill:3:1:1"])
@@ -127,7 +147,6 @@ def test_a_dead_rank_without_restarts_stops_every_process_within_5_s_and_is_name
     assert all(a.proc.returncode != 0 for a in run)
 
 
-@opt_in
 def test_sigterm_to_an_agent_stops_every_process_within_5_s(tmp_path) -> None:
     run = agents(["paranet", "train", *TINY, "--epochs", "50", "--out", str(tmp_path / "run")])
     workers = _wait_for_workers(run, 2)

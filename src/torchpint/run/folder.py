@@ -35,29 +35,32 @@ RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
 
 
-def _started_key(path: str | Path, attempt: int) -> str:
-    return f"torchpint/run-started/{attempt}/{os.path.abspath(path)}"
-
-
-def _attempt() -> int:
-    """torchrun's restart attempt (0: the first)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+def _started_key(path: str | Path) -> str:
+    return f"torchpint/run-started/{os.path.abspath(path)}"
 
 
 def elastic_restart(path: str | Path) -> bool:
-    """True when an EARLIER attempt of this torchrun job started a run in ``path``: a restart after a failure.
+    """True when an earlier attempt of this torchrun job started a run in ``path``: a restart after a failure.
 
-    Only earlier attempts count: the current attempt's rank 0 marks its start while the other
-    ranks may still be asking, and every rank of one attempt must get the same answer (a rank
-    that resumed while rank 0 started afresh waited forever in the checkpoint agreement).
+    Rank 0 decides from torchrun's job store, where every attempt's rank 0 marks the folders it
+    opened (the store outlives a failed attempt); every other rank of the attempt gets rank 0's
+    answer through the attempt's own store, so the ranks of one attempt never disagree (a rank
+    that resumed while rank 0 started afresh would wait forever in the checkpoint agreement).
+    Collective under torchrun: when one rank asks, rank 0 must ask too.  ``False`` outside torchrun.
     """
-    from torchpint.run.launch import job_store
+    from torchpint.run.launch import attempt_store, job_store, rank
 
-    attempt = _attempt()
-    store = job_store()
-    if store is None or attempt == 0:
+    job, attempt = job_store(), attempt_store()
+    if job is None or attempt is None:
         return False
-    return any(bool(store.check([_started_key(path, a)])) for a in range(attempt))
+    key = f"torchpint/restart/{os.path.abspath(path)}"
+    if rank() != 0:
+        return bool(attempt.get(key) == b"1")  # waits for rank 0's answer
+    if attempt.check([key]):
+        return bool(attempt.get(key) == b"1")
+    restart = bool(job.check([_started_key(path)]))
+    attempt.set(key, "1" if restart else "0")
+    return restart
 
 
 def _mark_started(path: Path) -> None:
@@ -65,7 +68,7 @@ def _mark_started(path: Path) -> None:
 
     store = job_store()
     if store is not None:
-        store.set(_started_key(path, _attempt()), "1")
+        store.set(_started_key(path), "1")
 
 
 def _run_id() -> str | None:
@@ -75,14 +78,16 @@ def _run_id() -> str | None:
 def will_resume(path: str | Path, *, resume: bool, overwrite: bool) -> bool:
     """Whether a run on ``path`` continues from its checkpoints: ``resume``, or a torchrun restart of it.
 
-    Every process of a run can ask (it only reads); :func:`open_run_folder` (rank 0) decides
-    the same and enforces the rules.
+    Under torchrun every rank asks (see :func:`elastic_restart`); :func:`open_run_folder`
+    (rank 0) decides the same and enforces the rules.
     """
     root = Path(path)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
     # torchrun restarted the job that started this run: continue it, whatever the flags said
-    return resume or (holds_run(root) and elastic_restart(root))  # (overwriting was the first attempt's business)
+    # (overwriting was the first attempt's business).  Asked first and always: it is collective.
+    restart = elastic_restart(root)
+    return resume or (restart and holds_run(root))
 
 
 def holds_run(path: Path) -> bool:

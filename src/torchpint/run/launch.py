@@ -57,6 +57,7 @@ __all__ = [
     "WorkerError",
     "free_port",
     "init_from_env",
+    "attempt_store",
     "job_store",
     "launch",
     "launched_by_torchrun",
@@ -136,6 +137,7 @@ def job_store() -> Any:
 
     The store lives as long as the torchrun job, across elastic restarts, so it is where a
     restarted process learns what the failed attempt had begun (:func:`torchpint.run.folder.will_resume`).
+    Keys of one attempt go to :func:`attempt_store`.
     """
     global _STORE
     if _STORE is None and launched_by_torchrun() and "MASTER_ADDR" in os.environ:
@@ -145,6 +147,66 @@ def job_store() -> Any:
         except Exception:  # noqa: BLE001 - no store: callers fall back to their single-attempt behaviour
             return None
     return _STORE
+
+
+_ATTEMPT: tuple[Any, str] | None = None  # (store, token) of this torchrun attempt
+_ATTEMPT_KEY = "torchpint/attempt/address"
+_TOKEN_KEY = "torchpint/attempt/token"
+
+
+def attempt_store() -> Any:
+    """A store of this torchrun attempt alone (``None`` outside torchrun or without its shared job store).
+
+    Why: under torchrun's shared job store (its default with c10d rendezvous) the job store
+    outlives elastic restarts, and keys left by a failed attempt mislead the next one: a
+    restarted worker reads its dead peers' addresses (pytorch/pytorch#135712), and the attempt
+    number cannot be agreed on from the environment (``TORCHELASTIC_RESTART_COUNT`` rises only on
+    the failed node's agent) nor by counting arrivals (a worker that fails before it arrives
+    shifts every later count).  So every attempt gets a store of its own: rank 0 starts one on a
+    free port and publishes the port and a fresh token in the job store; every other rank takes
+    the published address once the store that answers there holds that token.  An address left
+    by a failed attempt points at a dead process (torchrun stops every worker before it starts
+    the next attempt): refused, and read again until rank 0 of this attempt has published.
+    """
+    global _ATTEMPT
+    if _ATTEMPT is not None:
+        return _ATTEMPT[0]
+    job = job_store() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+    if job is None:
+        return None
+    host, timeout = os.environ["MASTER_ADDR"], timedelta(seconds=_pg_timeout())
+    if rank() == 0:  # global rank 0 runs on the node whose agent hosts the job store: MASTER_ADDR reaches it
+        store = dist.TCPStore(host, 0, is_master=True, timeout=timeout, wait_for_workers=False)
+        token = os.urandom(8).hex()
+        store.set(_TOKEN_KEY, token)
+        job.set(_ATTEMPT_KEY, f"{store.port} {token}")
+        _ATTEMPT = (store, token)
+        return store
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        store = token = None
+        if job.check([_ATTEMPT_KEY]):
+            port, token = job.get(_ATTEMPT_KEY).decode().split()
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()  # a dead port refuses at once
+                store = dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=5))
+                if not (store.check([_TOKEN_KEY]) and store.get(_TOKEN_KEY).decode() == token):
+                    store = None  # something else answers on a stale port
+            except Exception:  # noqa: BLE001 - the failed attempt's rank 0 is gone: its port refuses
+                store = None
+        if store is not None and token is not None:
+            store.set_timeout(timeout)
+            _ATTEMPT = (store, token)
+            return store
+        if time.monotonic() > deadline:
+            raise WorkerError(f"rank {rank()}: rank 0 of this torchrun attempt did not publish its store within "
+                              f"{timeout.total_seconds():.0f} s (TORCHPINT_PG_TIMEOUT)")
+        time.sleep(0.1)
+
+
+def attempt_token() -> str:
+    """This torchrun attempt's token ("" outside one): keys of one attempt in the job store carry it."""
+    return _ATTEMPT[1] if _ATTEMPT is not None else ""
 
 
 def world_size(nproc: int | None, *, allowed: Callable[[int], str | None] | None = None) -> int:
@@ -185,12 +247,9 @@ def _pg_timeout() -> float:
 def init_from_env(backend: str | None = None, timeout_s: float | None = None) -> None:
     """Join the process group that the torchrun environment variables describe (no-op if joined).
 
-    Under torchrun's shared job store (its default with c10d rendezvous) the group's keys get a
-    prefix of their own per attempt: the store outlives an elastic restart, and a restarted
-    worker reading its peers' addresses from the failed attempt would connect to dead ports
-    (pytorch/pytorch#135712; torchrun isolates attempts by ``TORCHELASTIC_RESTART_COUNT``,
-    which only the failed node's agent raises).  The attempt number is agreed through the store:
-    every worker counts itself in, and the ``world_size`` workers of an attempt share one number.
+    Under torchrun's shared job store (its default with c10d rendezvous) the group is formed in
+    :func:`attempt_store`, a store of this attempt alone, so an elastic restart never meets the
+    failed attempt's keys.
     """
     if dist.is_initialized():
         return
@@ -199,14 +258,12 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     timeout = timedelta(seconds=timeout_s or _pg_timeout())
-    store = job_store() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+    store = attempt_store()
     if store is None:
         dist.init_process_group(backend=backend, timeout=timeout)
         return
-    size, rank_ = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    attempt = (int(store.add("torchpint/pg-arrivals", 1)) - 1) // size
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"torchpint/pg/{attempt}", store),
-                            rank=rank_, world_size=size, timeout=timeout)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore("torchpint/pg", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
 
 
 # ---------------------------------------------------------------------------- launch
@@ -268,7 +325,7 @@ def _first_line(text: str) -> str:
 
 
 class _Heartbeat:
-    """Each rank's ``torchpint/hb/<rank>`` key in the rendezvous store, refreshed every 0.25 s.
+    """Each rank's ``torchpint/hb/<attempt>/<rank>`` key in torchrun's job store, refreshed every 0.2 s.
 
     Its own store client (a second connection to torchrun's store) keeps the thread from
     interleaving with the process group's use of the store.  When a collective fails, the ranks
@@ -293,8 +350,11 @@ class _Heartbeat:
         beat.thread.start()
         return beat
 
+    def _key(self, rank_: int) -> str:  # per attempt: a failed attempt's stale beats must not count
+        return f"torchpint/hb/{attempt_token()}/{rank_}"
+
     def _touch(self) -> None:
-        self.store.set(f"torchpint/hb/{self.rank}", f"{time.time():.3f} {self.host}")
+        self.store.set(self._key(self.rank), f"{time.time():.3f} {self.host}")
 
     def _beat(self) -> None:
         while not self.stopping.wait(_HEARTBEAT_S):
@@ -313,7 +373,9 @@ class _Heartbeat:
                 if peer == self.rank:
                     continue
                 try:
-                    stamp, host = self.store.get(f"torchpint/hb/{peer}").decode().split(" ", 1)
+                    if not self.store.check([self._key(peer)]):
+                        continue  # it never beat in this attempt: nothing to say about it
+                    stamp, host = self.store.get(self._key(peer)).decode().split(" ", 1)
                 except Exception:  # noqa: BLE001 - the store itself is gone (its host died)
                     return [f"the rank(s) on the rendezvous host {os.environ.get('MASTER_ADDR', '?')}"]
                 if now - float(stamp) > _STALE_S:
@@ -323,7 +385,11 @@ class _Heartbeat:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        # Joined, not just signalled: a daemon thread still inside a store call while the
+        # interpreter shuts down can crash the process at exit, and torchrun then reports a
+        # finished rank as failed (its peer's agent waits out its exit barrier).
         self.stopping.set()
+        self.thread.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------- local workers

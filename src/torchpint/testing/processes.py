@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +32,14 @@ class Agent:
 
 def agents(command: list[str], *, nnodes: int = 2, nproc_per_node: int = 1, max_restarts: int = 0,
            env: dict[str, str] | None = None) -> list[Agent]:
+    """Start ``nnodes`` torchrun agents of ``torchpint <command>`` on 127.0.0.1 (c10d rendezvous).
+
+    Each agent leads a process group of its own (its workers included), so :func:`finish` can
+    take a hung job down whole.
+    """
     port = free_port()
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHPINT_BACKEND": "gloo", **(env or {})}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHPINT_BACKEND": "gloo", "PYTHONUNBUFFERED": "1",
+                   **(env or {})}
     started = []
     for node in range(nnodes):
         argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node",
@@ -39,18 +47,31 @@ def agents(command: list[str], *, nnodes: int = 2, nproc_per_node: int = 1, max_
                 "--node-rank", str(node), "--max-restarts", str(max_restarts), "--monitor-interval", "0.1",
                 "-m", "torchpint", *command]
         started.append(Agent(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                              env=environment)))
+                                              env=environment, start_new_session=True)))
     return started
 
 
 def finish(started: list[Agent], timeout: float = 240) -> list[Agent]:
-    for agent in started:
-        try:
-            agent.stdout, agent.stderr = agent.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for other in started:
-                other.proc.kill()
-            raise
+    """Wait for every agent (``timeout`` for all together); a job still running then is killed and fails.
+
+    The failure shows every agent's output: the agent that hangs is often waiting on another
+    one (torchrun's exit barrier), and the cause is in the other's output.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        for agent in started:
+            agent.stdout, agent.stderr = agent.proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        report = []
+        for node, agent in enumerate(started):
+            try:
+                os.killpg(agent.proc.pid, signal.SIGKILL)  # the agent and the workers it started
+            except ProcessLookupError:
+                pass
+            out, err = agent.proc.communicate()
+            report.append(f"--- agent {node} (exit {agent.proc.returncode}) stdout:\n{(out or '')[-3000:]}\n"
+                          f"--- agent {node} stderr:\n{(err or '')[-3000:]}")
+        raise AssertionError(f"torchrun agents still running after {timeout:.0f} s; killed.\n" + "\n".join(report)) from None
     return started
 
 
