@@ -90,12 +90,3 @@ def test_signal_to_the_launcher_stops_every_worker_within_2_s(tmp_path, sig) -> 
     proc.wait(timeout=10)
     if sig != signal.SIGKILL:
         assert f"stopped by {sig.name}" in proc.stderr.read()
-
-
-def test_a_script_without_the_main_guard_is_told_why(tmp_path) -> None:
-    script = tmp_path / "unguarded.py"
-    script.write_text("from torchpint.run.launch import launch\nlaunch(print, ('hi',), nproc=2)\n")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode != 0
-    assert 'if __name__ == "__main__":' in proc.stderr, proc.stderr[-2000:]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from torchpint.testing.processes import descendants
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 UNGUARDED = """
@@ -36,11 +38,6 @@ def test_a_script_without_the_main_guard_gets_one_clear_error(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_the_workers_without_leaked_semaphores() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "torchpint", "solve", "heat1d", "--nt", "4097", "--nx", "1025",
@@ -48,9 +45,9 @@ def test_sigterm_to_the_launcher_stops_the_workers_without_leaked_semaphores() -
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 60
     workers: list[int] = []
-    while time.monotonic() < deadline and len(workers) < 3:  # 2 workers and the resource tracker
+    while time.monotonic() < deadline and len(workers) < 4:  # 2 workers, the fork server, the resource tracker
         time.sleep(0.2)
-        workers = _children(proc.pid)
+        workers = descendants(proc.pid)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=30)[1]

@@ -147,12 +147,15 @@ def test_a_dead_rank_without_restarts_stops_every_process_within_5_s_and_is_name
     assert all(a.proc.returncode != 0 for a in run)
 
 
-def test_sigterm_to_an_agent_stops_every_process_within_5_s(tmp_path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_to_an_agent_stops_every_process_within_5_s(tmp_path, sig) -> None:
+    """SIGTERM: torchrun stops its worker; SIGKILL: the worker sees its agent die and goes too. The
+    other machine's rank then stops as for any dead rank."""
     run = agents(["paranet", "train", *TINY, "--epochs", "50", "--out", str(tmp_path / "run")])
     workers = _wait_for_workers(run, 2)
     while not (tmp_path / "run" / "paranet" / "checkpoints" / "latest").exists():  # training is under way
         time.sleep(0.1)
-    run[1].proc.send_signal(signal.SIGTERM)
+    run[1].proc.send_signal(sig)
     limit = _limit(5.0)
     assert _everything_gone(run, workers, within=limit) < limit
     finish(run)

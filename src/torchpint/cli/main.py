@@ -8,6 +8,7 @@ import re
 import sys
 
 from torchpint.errors import TorchPintError
+from torchpint.run.launch import die_with_agent
 
 # Each command lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
 # modules are imported lazily so that ``torchpint solve`` does not load the neural-network code.
@@ -61,6 +62,7 @@ def exit_code(error: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    die_with_agent()  # under torchrun: a killed agent must not leave this worker running
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args))
     except KeyboardInterrupt:

@@ -58,6 +58,7 @@ __all__ = [
     "free_port",
     "init_from_env",
     "attempt_store",
+    "die_with_agent",
     "job_store",
     "launch",
     "launched_by_torchrun",
@@ -72,7 +73,7 @@ DEFAULT_PG_TIMEOUT_S = 300.0
 _HEARTBEAT_S = 0.2  # how often each rank touches its heartbeat key
 _STALE_S = 1.0  # a heartbeat older than this belongs to a rank that is gone
 _MAIN_GUARD_HINT = (
-    "processes are started with 'spawn', which re-imports the main module: a script that calls torchpint's "
+    "worker processes re-import the main module (multiprocessing's 'forkserver' start method): a script that calls torchpint's "
     "launcher (torchpint.run.launch, run_workers) must run it under "
     "`if __name__ == \"__main__\":`"
 )
@@ -296,7 +297,23 @@ def launch(
     return run_workers(fn, nproc, args, threads=threads, backend=backend, timeout_s=timeout_s)[0]
 
 
+_BOUND_TO_AGENT = False
+
+
+def die_with_agent() -> None:
+    """Under torchrun: end this worker when its agent dies, even by SIGKILL (no orphans; idempotent).
+
+    torchrun stops its workers when it is stopped by a signal it can handle; a killed agent
+    cannot, so the worker watches for it itself.  The CLI calls this first thing.
+    """
+    global _BOUND_TO_AGENT
+    if launched_by_torchrun() and not _BOUND_TO_AGENT:
+        _BOUND_TO_AGENT = True
+        _die_with_parent(os.getppid())
+
+
 def _run_torchrun_rank(fn: Callable[..., Any], args: tuple[Any, ...], backend: str) -> Any:
+    die_with_agent()
     init_from_env(backend)
     heartbeat = _Heartbeat.start()
     failed = False
@@ -393,24 +410,67 @@ class _Heartbeat:
 
 
 # ---------------------------------------------------------------------------- local workers
-def _die_with_parent(parent: int) -> None:
-    """Make the kernel kill this worker when its launcher dies (Linux), else poll the parent pid."""
+def _die_with_parent(launcher: int) -> None:
+    """Make this worker die with its launcher, however the launcher dies (even by SIGKILL).
+
+    Workers are forked by multiprocessing's fork server, which exits when every holder of its
+    "alive" pipe is gone: the launcher and, by inheritance, every worker.  A worker therefore
+    closes its copy (it starts no processes itself), so the server exits with the launcher, and
+    the kernel's death signal (``PR_SET_PDEATHSIG``, Linux) takes the worker down with it.  A
+    thread that polls the launcher's pid is the second line (and the only one elsewhere).
+    """
+    try:
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver, "_forkserver", None)
+        alive_fd = getattr(server, "_forkserver_alive_fd", None)
+        if alive_fd is not None:
+            os.close(alive_fd)
+            server._forkserver_alive_fd = None
+    except (ImportError, OSError):
+        pass
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-        polling = False
     except (OSError, AttributeError):
-        polling = True
-    if os.getppid() != parent:  # the launcher died before prctl took effect
+        pass
+    if not _alive(launcher):  # the launcher died before any of this took effect
         os._exit(1)
-    if polling:
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            os._exit(1)
 
-        threading.Thread(target=watch, name="torchpint-parent-watch", daemon=True).start()
+    def watch() -> None:
+        while _alive(launcher):
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="torchpint-launcher-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: imported once by the fork server that starts local workers, so that each worker starts in
+#: milliseconds instead of importing torch anew (about 2 s of CPU per worker on a small machine)
+_PRELOAD = ["torch", "torchpint.cli.main"]
+
+
+def _context() -> Any:
+    """multiprocessing's fork server, with torch and torchpint preloaded (the start method of local workers).
+
+    Like 'spawn' (which it replaces) each worker is a fresh interpreter state as far as the
+    caller's script goes: the main module is re-imported and ``fn`` must be picklable.  The fork
+    server itself is started once per launcher; no thread or CUDA state exists in it to inherit.
+    """
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
 
 
 def _worker(
@@ -422,9 +482,12 @@ def _worker(
     threads: int,
     backend: str,
     parent: int,
+    environment: dict[str, str],
     results: Any,
 ) -> None:
     _die_with_parent(parent)
+    os.environ.clear()  # the launcher's environment now, not the fork server's from when it started
+    os.environ.update(environment)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the launcher decides
     results.put((rank_, "started", None))
     os.environ.update(
@@ -491,11 +554,11 @@ def run_workers(
     _leave_if_bootstrapping()
     if nproc < 1:
         raise ConfigError(f"nproc must be >= 1, got {nproc}")
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(fn, args, r, nproc, port, threads, backend, os.getpid(), results),
+        ctx.Process(target=_worker, args=(fn, args, r, nproc, port, threads, backend, os.getpid(), dict(os.environ), results),
                     daemon=True)
         for r in range(nproc)
     ]
