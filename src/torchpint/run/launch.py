@@ -461,6 +461,36 @@ def _alive(pid: int) -> bool:
 _PRELOAD = ["torch", "torchpint.cli.main"]
 
 
+class _LauncherFd:
+    """One of the launcher's file descriptors, handed to a worker when the worker is started.
+
+    The fork server's own stdout/stderr are those of the moment it started; a worker must
+    write where its launcher writes now (a redirected or captured stream, a log file).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled while the worker starts: the fd travels with it
+        from multiprocessing import reduction
+
+        return (_detach_fd, (reduction.DupFd(self.fd),))
+
+
+def _detach_fd(dup: Any) -> int:
+    return int(dup.detach())
+
+
+def _adopt_streams(stdout: int, stderr: int) -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+
+
 def _context() -> Any:
     """multiprocessing's fork server, with torch and torchpint preloaded (the start method of local workers).
 
@@ -483,9 +513,11 @@ def _worker(
     backend: str,
     parent: int,
     environment: dict[str, str],
+    streams: tuple[int, int],
     results: Any,
 ) -> None:
     _die_with_parent(parent)
+    _adopt_streams(*streams)
     os.environ.clear()  # the launcher's environment now, not the fork server's from when it started
     os.environ.update(environment)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the launcher decides
@@ -558,7 +590,8 @@ def run_workers(
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(fn, args, r, nproc, port, threads, backend, os.getpid(), dict(os.environ), results),
+        ctx.Process(target=_worker, args=(fn, args, r, nproc, port, threads, backend, os.getpid(), dict(os.environ),
+                                      (_LauncherFd(1), _LauncherFd(2)), results),
                     daemon=True)
         for r in range(nproc)
     ]
