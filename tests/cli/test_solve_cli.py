@@ -77,20 +77,6 @@ def test_dead_worker_stops_the_run_within_seconds() -> None:
     assert elapsed < 30  # start-up of two workers included; the failure itself is seen in < 1 s
 
 
-def test_torchrun_launch() -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "torchpint", "solve", "dahlquist",
-         "--levels", "3", "--json"],
-        capture_output=True, text=True, timeout=120, env={**ENV, "TORCHPINT_BACKEND": "gloo"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1
-    summary = json.loads(lines[0])
-    assert summary["converged"] and summary["world_size"] == 2 and summary["version"]
-
-
 @pytest.mark.parametrize("lam", ["-1e5", "-2.5E-1", "-1e+2"])
 def test_negative_numbers_in_scientific_notation_are_values(capsys, lam: str) -> None:
     assert main(["solve", "dahlquist", "--lam", lam, "--levels", "2", "--json"]) == 0

@@ -96,11 +96,11 @@ def test_paranet_on_two_agents_with_an_elastic_restart_ends_as_the_uninterrupted
 
 
 def test_paranet_replicas_on_two_agents_of_two_processes(tmp_path, capsys) -> None:
-    command = ["paranet", "train", *TINY, "--epochs", "1", "--replicas", "2", "--json"]
-    run = finish(agents([*command, "--out", str(tmp_path / "agents")], nproc_per_node=2))
+    command = ["paranet", "train", *TINY, "--epochs", "1", "--json"]
+    run = finish(agents([*command, "--replicas", "2", "--out", str(tmp_path / "agents")], nproc_per_node=2))
     assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-3000:]
     remote = json_result(run)
-    local = _local_json(capsys, [*command, "--out", str(tmp_path / "local")])
+    local = _local_json(capsys, [*command, "--replicas", "2", "--out", str(tmp_path / "local")])
     assert remote["world_size"] == local["world_size"] == 4
     assert remote["final_loss"] == pytest.approx(local["final_loss"], rel=1e-6)
     assert remote["test_accuracy"] == local["test_accuracy"]
