@@ -40,6 +40,9 @@ class Level:
     g: State | None = None
     c_only: bool = False
     steps_taken: int = field(default=0)
+    # (first, count, stride) -> the step's (t_start, t_stop): the same batches recur every
+    # iteration, and handing the problem the same tensors saves two slicing ops per step.
+    _times: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ stepping
     def phi(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
@@ -48,9 +51,15 @@ class Level:
         ``out``: where to write the result (e.g. a view of ``self.u``; must not overlap ``u``);
         default a new state.
         """
-        t = self.layout.t
-        t0 = t[first : first + count * stride : stride]
-        t1 = t[first + 1 : first + 1 + count * stride : stride]
+        key = (first, count, stride)
+        times = self._times.get(key)
+        if times is None:
+            t = self.layout.t
+            times = self._times[key] = (
+                t[first : first + count * stride : stride],
+                t[first + 1 : first + 1 + count * stride : stride],
+            )
+        t0, t1 = times
         self.steps_taken += count
         with self.timer.phase("step"):
             if out is None:
@@ -68,9 +77,16 @@ class Level:
         if self.g is None:
             return result
         lo = self.layout.lo
-        g = take(self.g, slice(first + 1 - lo, first + 1 - lo + count * stride, stride))
+        where = slice(first + 1 - lo, first + 1 - lo + count * stride, stride)
+        if isinstance(self.g, torch.Tensor):  # the common case, without the pytree walk
+            g = self.g[where]
+            if out is None:
+                return result + g  # the problem's result may not be ours to modify
+            out.add_(g)
+            return out
+        g = take(self.g, where)
         if out is None:
-            return add(result, g)  # the problem's result may not be ours to modify
+            return add(result, g)
         tree_map(torch.Tensor.add_, out, g)
         return out
 
