@@ -199,6 +199,27 @@ class Heat1D(BatchedProblem):
         for index, d, e in groups:
             tridiagonal.solve_rows(u_np, dt_np, index, d, e, out_np, **args)
 
+    def step_sequence_into(
+        self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor, g: torch.Tensor | None = None
+    ) -> None:
+        """Consecutive steps from one state: ``out[k] = step(out[k-1], t_start[k], t_stop[k]) (+ g[k])``, ``out[-1] = u``.
+
+        The engine's sequential (coarsest-level) solve in one call of the compiled chain kernel
+        when every step has the same size (else, or without numba, one batched step per point).
+        """
+        if self.solver == "rows":
+            dt_np, groups, args = self._prepared(t_start, t_stop)
+            if len(groups) == 1:
+                _, d, e = groups[0]
+                g_np = None if g is None else g.detach().numpy()
+                tridiagonal.solve_chain(u.detach().numpy(), dt_np, d, e, out.detach().numpy(), g_np, **args)
+                return
+        for k in range(len(t_start)):
+            src = u.unsqueeze(0) if k == 0 else out[k - 1 : k]
+            self.step_batch_into(src, t_start[k : k + 1], t_stop[k : k + 1], out[k : k + 1])
+            if g is not None:
+                out[k].add_(g[k])
+
     def _prepared(self, t_start: torch.Tensor, t_stop: torch.Tensor) -> tuple:
         """What a batch's step needs besides the states: ``dt``, the rows and factors per step size, the source.
 

@@ -82,8 +82,39 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, out, mode):  # pragma: 
                 out[rows[j0 + j], i] = x
 
 
+def _solve_chain(u0, source, space, time, dts, d, e, g, out, mode):  # pragma: no cover - compiled
+    # out[k] = A^{-1} (out[k-1] + dts[k] f[k]) + g[k], out[-1] = u0: one right-hand side at a
+    # time (each is the previous solution), with exactly the operations of _solve_rows for a
+    # tile of one, so every point is bitwise what a batch of one would give; g[k] is added as
+    # torch's add_ does (one rounding), the next point starting from the sum.
+    n = u0.shape[0]
+    count = out.shape[0]
+    prev = u0.copy()
+    w = np.empty(n)
+    for k in range(count):
+        dt = dts[k]
+        for i in range(n):
+            if mode == NO_SOURCE:
+                b = prev[i]
+            elif mode == FULL_SOURCE:
+                b = prev[i] + source[k, i] * dt
+            else:
+                b = prev[i] + (space[i] * time[k]) * dt
+            w[i] = b - w[i - 1] * e[i - 1] if i > 0 else b
+        x = w[n - 1] / d[n - 1]
+        w[n - 1] = x
+        for i in range(n - 2, -1, -1):
+            x = w[i] / d[i] - w[i + 1] * e[i]
+            w[i] = x
+        for i in range(n):
+            v = w[i] + g[k, i] if g.shape[0] > 0 else w[i]
+            out[k, i] = v
+            prev[i] = v
+
+
 if AVAILABLE:
     _solve_rows = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_rows)
+    _solve_chain = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_chain)
 
 _EMPTY_2D = np.empty((0, 0))
 _EMPTY_1D = np.empty(0)
@@ -106,9 +137,39 @@ def solve_rows(
     completely before it is written).  ``f`` is ``source`` (``(batch, n)``), or ``space[i] *
     time[r]`` (``(n,)`` and ``(batch,)``), or absent (then ``b = u``).
     """
+    source, space, time, mode = _source_args(source, space, time)
+    _solve_rows(u, source, space, time, dts, rows, d, e, out, mode)
+
+
+def _source_args(
+    source: np.ndarray | None, space: np.ndarray | None, time: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The kernels' source arguments (empty arrays where unused) and their mode."""
     if source is not None:
-        _solve_rows(u, source, _EMPTY_1D, _EMPTY_1D, dts, rows, d, e, out, FULL_SOURCE)
-    elif space is not None and time is not None:
-        _solve_rows(u, _EMPTY_2D, space, time, dts, rows, d, e, out, SEPARABLE_SOURCE)
-    else:
-        _solve_rows(u, _EMPTY_2D, _EMPTY_1D, _EMPTY_1D, dts, rows, d, e, out, NO_SOURCE)
+        return source, _EMPTY_1D, _EMPTY_1D, FULL_SOURCE
+    if space is not None and time is not None:
+        return _EMPTY_2D, space, time, SEPARABLE_SOURCE
+    return _EMPTY_2D, _EMPTY_1D, _EMPTY_1D, NO_SOURCE
+
+
+def solve_chain(
+    u0: np.ndarray,
+    dts: np.ndarray,
+    d: np.ndarray,
+    e: np.ndarray,
+    out: np.ndarray,
+    g: np.ndarray | None = None,
+    source: np.ndarray | None = None,
+    space: np.ndarray | None = None,
+    time: np.ndarray | None = None,
+) -> None:
+    """Sequential steps in one call: ``out[k] = A^{-1} (out[k-1] + dts[k] f[k]) (+ g[k])``, ``out[-1] = u0``.
+
+    What a coarsest-level solve does point by point (each right-hand side is the previous
+    solution), without a Python call per point.  ``u0``: ``(n,)``; ``out``, ``g``, ``source``:
+    ``(count, n)``, any strides (``out`` must not overlap ``u0``); ``space``, ``time``,
+    ``dts`` as in :func:`solve_rows`.  Bitwise the same as :func:`solve_rows` on one row at a
+    time followed by ``out[k] += g[k]``.
+    """
+    source, space, time, mode = _source_args(source, space, time)
+    _solve_chain(u0, source, space, time, dts, d, e, _EMPTY_2D if g is None else g, out, mode)
