@@ -36,6 +36,10 @@ def test_rows_solver_is_bitwise_pttrs(rhs) -> None:
     fast.step_batch_into(v, t0, t1, v)
     assert torch.equal(v, expected)
     assert torch.equal(fast.step(u[3], float(t0[3]), float(t1[3])), expected[3])
+    # one step size for a batch of full tiles and a partial one
+    many = torch.randn(37, 65, dtype=torch.float64, generator=g)
+    s0 = torch.linspace(0.0, 1.8, 37, dtype=torch.float64)
+    assert torch.equal(fast.step_batch(many, s0, s0 + 0.05), lapack.step_batch(many, s0, s0 + 0.05))
 
 
 def test_mgrit_history_identical_with_either_solver() -> None:
