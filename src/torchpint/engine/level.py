@@ -39,6 +39,7 @@ class Level:
     u: State | None = None
     g: State | None = None
     c_only: bool = False
+    alias: bool = False  # u is a view of the finer level's C-points (injection and correction are free)
     steps_taken: int = field(default=0)
     # (first, count, stride) -> the step's (t_start, t_stop): the same batches recur every
     # iteration, and handing the problem the same tensors saves two slicing ops per step.

@@ -33,7 +33,8 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
     with fine.timer.phase("restrict"):
         images = c_images(fine) if cached is None else cached.images
         v = c_values(fine)  # the coarse level's points, all of them (a view of the fine level)
-        put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
+        if not coarse.alias:  # an aliasing coarse u already is v
+            put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
         if coarse.layout.n_local == 0:
             return
         # Phi_c(v) straight into g, then g = v - Phi_c(v) in place, then g += (u_C images - v):
@@ -60,7 +61,8 @@ def correct(fine: Level, coarse: Level) -> None:
         if coarse.layout.n_local == 0:
             return
         if not coarse.c_only:
-            put_c(fine, slice(0, None), coarse.u)
+            if not coarse.alias:  # an aliasing coarse u already is the fine C-points
+                put_c(fine, slice(0, None), coarse.u)
             return
         put_c(fine, c_slice(coarse), coarse.u)
 
