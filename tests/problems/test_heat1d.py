@@ -36,6 +36,10 @@ def test_rows_solver_is_bitwise_pttrs(rhs) -> None:
     fast.step_batch_into(v, t0, t1, v)
     assert torch.equal(v, expected)
     assert torch.equal(fast.step(u[3], float(t0[3]), float(t1[3])), expected[3])
+    # one step size for a batch of full tiles and a partial one
+    many = torch.randn(37, 65, dtype=torch.float64, generator=g)
+    s0 = torch.linspace(0.0, 1.8, 37, dtype=torch.float64)
+    assert torch.equal(fast.step_batch(many, s0, s0 + 0.05), lapack.step_batch(many, s0, s0 + 0.05))
 
 
 def test_mgrit_history_identical_with_either_solver() -> None:
@@ -53,3 +57,46 @@ def test_mgrit_history_identical_with_either_solver() -> None:
 def test_unknown_solver_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown solver"):
         Heat1D(nx=9, solver="thomas")
+
+
+@pytest.mark.parametrize("rhs", [default_rhs(0.7), full_source, None], ids=["separable", "full", "none"])
+@pytest.mark.parametrize("uniform", [True, False], ids=["one-dt", "several-dt"])
+def test_step_sequence_is_bitwise_steps_one_at_a_time(rhs, uniform) -> None:
+    """The coarsest solve's chain kernel: each point is a pttrs step of the previous one, plus g."""
+    fast = Heat1D(0.0, 2.0, 67, 0.7, rhs=rhs, solver="rows")
+    lapack = Heat1D(0.0, 2.0, 67, 0.7, rhs=rhs, solver="lapack")
+    gen = torch.Generator().manual_seed(2)
+    u0 = torch.randn(65, dtype=torch.float64, generator=gen)
+    g = torch.randn(2 * 9, 65, dtype=torch.float64, generator=gen)[::2]  # strided, as the engine's g
+    t = torch.linspace(0.0, 1.8, 10, dtype=torch.float64)
+    if not uniform:
+        t[3] += 0.05  # two step sizes: the chain falls back to one step per point
+    expected = torch.empty(9, 65, dtype=torch.float64)
+    prev = u0
+    for k in range(9):
+        prev = lapack.step(prev, float(t[k]), float(t[k + 1])) + g[k]
+        expected[k] = prev
+    trajectory = torch.zeros(2 * 9, 65, dtype=torch.float64)
+    for problem in (fast, lapack):
+        trajectory.zero_()
+        problem.step_sequence_into(u0, t[:-1], t[1:], trajectory[1::2], g)
+        assert torch.equal(trajectory[1::2], expected)
+        assert not trajectory[::2].any()  # nothing written outside the view
+    without_g = torch.empty(9, 65, dtype=torch.float64)
+    fast.step_sequence_into(u0, t[:-1], t[1:], without_g)
+    assert torch.equal(without_g[0], lapack.step(u0, float(t[0]), float(t[1])))
+
+
+def test_cached_batch_notices_a_changed_time_grid() -> None:
+    """The per-batch cache is keyed by the time tensors; changing them in place must not reuse it."""
+    fast = Heat1D(0.0, 2.0, 35, 1.0, rhs=default_rhs(1.0), solver="rows")
+    lapack = Heat1D(0.0, 2.0, 35, 1.0, rhs=default_rhs(1.0), solver="lapack")
+    u = torch.randn(5, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t0 = torch.linspace(0.0, 0.4, 5, dtype=torch.float64)
+    t1 = t0 + 0.1
+    out = torch.empty_like(u)
+    fast.step_batch_into(u, t0, t1, out)
+    assert torch.equal(out, lapack.step_batch(u, t0, t1))
+    t1 += 0.05  # same tensor, new values (and a new step size)
+    fast.step_batch_into(u, t0, t1, out)
+    assert torch.equal(out, lapack.step_batch(u, t0, t1))

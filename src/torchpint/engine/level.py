@@ -15,7 +15,7 @@ import torch
 from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
-from torchpint.engine.state import State, add, length, take, tree_map
+from torchpint.engine.state import State, add, length, stack, take, tree_map
 from torchpint.engine.timing import PhaseTimer
 
 
@@ -39,24 +39,58 @@ class Level:
     u: State | None = None
     g: State | None = None
     c_only: bool = False
+    alias: bool = False  # u is a view of the finer level's C-points (injection and correction are free)
     steps_taken: int = field(default=0)
+    # (first, count, stride) -> the step's (t_start, t_stop): the same batches recur every
+    # iteration, and handing the problem the same tensors saves two slicing ops per step.
+    _times: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ stepping
+    def _slices(self, first: int, count: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``t_start``, ``t_stop`` of the steps from the global points ``first + k*stride`` (cached views)."""
+        key = (first, count, stride)
+        times = self._times.get(key)
+        if times is None:
+            t = self.layout.t
+            times = self._times[key] = (
+                t[first : first + count * stride : stride],
+                t[first + 1 : first + 1 + count * stride : stride],
+            )
+        return times
+
     def phi(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
         """Step the stacked states ``u`` from the global points ``first + k*stride`` to the next point.
 
         ``out``: where to write the result (e.g. a view of ``self.u``; must not overlap ``u``);
         default a new state.
         """
-        t = self.layout.t
-        t0 = t[first : first + count * stride : stride]
-        t1 = t[first + 1 : first + 1 + count * stride : stride]
+        t0, t1 = self._slices(first, count, stride)
         self.steps_taken += count
         with self.timer.phase("step"):
             if out is None:
                 return step_batch(self.problem, u, t0, t1)
             step_batch_into(self.problem, u, t0, t1, out)
             return out
+
+    def chain(self, u: State, first: int, count: int, out: State) -> None:
+        """``count`` consecutive steps of the level's equation from ``u`` (one state) at the global point ``first``.
+
+        ``out[k] = Phi(out[k-1]) + g`` at the points ``first + 1 + k`` (``out[-1] = u``): the
+        sequential solve.  One call of the problem's ``step_sequence_into`` when it has one and
+        the state is a tensor (no Python round trip per point), else one step per point.
+        """
+        sequence = getattr(self.problem, "step_sequence_into", None)
+        if sequence is None or not isinstance(out, torch.Tensor):
+            for k in range(count):
+                src = stack([u]) if k == 0 else take(out, slice(k - 1, k))
+                self.phi_plus_g(src, first + k, 1, out=take(out, slice(k, k + 1)))
+            return
+        t0, t1 = self._slices(first, count, 1)
+        lo = self.layout.lo
+        g = None if self.g is None else self.g[first + 1 - lo : first + 1 - lo + count]
+        self.steps_taken += count
+        with self.timer.phase("step"):
+            sequence(u, t0, t1, out, g)
 
     def stored_states(self) -> int:
         """How many states this level holds on this rank (``u`` and ``g``)."""
@@ -68,9 +102,16 @@ class Level:
         if self.g is None:
             return result
         lo = self.layout.lo
-        g = take(self.g, slice(first + 1 - lo, first + 1 - lo + count * stride, stride))
+        where = slice(first + 1 - lo, first + 1 - lo + count * stride, stride)
+        if isinstance(self.g, torch.Tensor):  # the common case, without the pytree walk
+            g = self.g[where]
+            if out is None:
+                return result + g  # the problem's result may not be ours to modify
+            out.add_(g)
+            return out
+        g = take(self.g, where)
         if out is None:
-            return add(result, g)  # the problem's result may not be ours to modify
+            return add(result, g)
         tree_map(torch.Tensor.add_, out, g)
         return out
 

@@ -36,7 +36,7 @@ from torchpint.engine.comm import Comm, default_comm
 from torchpint.engine.grid import coarsen, layouts
 from torchpint.engine.level import Level
 from torchpint.engine.problem import Problem
-from torchpint.engine.relax import Cached, c_images, c_relax, c_residual, c_slice, f_relax, sequential_solve
+from torchpint.engine.relax import Cached, c_images, c_relax, c_residual, c_slice, c_values, f_relax, sequential_solve
 from torchpint.engine.result import SolveResult
 from torchpint.engine.state import (
     State,
@@ -221,7 +221,14 @@ class MGRIT:
             level = Level(lvl, layout, self.problems[lvl], self.comm, timer, template=u0, c_only=c_only)
             # A C-points-only level stores what the next coarser level owns on this rank.
             stored = self.layouts[lvl + 1].n_local if c_only else layout.n_local
-            level.u = tree_map(torch.zeros_like, expand(u0, stored))
+            if lvl > 0 and not c_only:
+                # A level that keeps all its points is the finer level's C-points: its u is a view
+                # of them, so the injection and the correction (u_C = u_c) cost no copy.  The finer
+                # level's C-points are not read or written while this level is solved.
+                level.u = c_values(levels[-1])
+                level.alias = True
+            else:
+                level.u = tree_map(torch.zeros_like, expand(u0, stored))
             if layout.lo == 0 and layout.n_local > 0:
                 put(level.u, 0, u0)
             if lvl > 0:
@@ -370,7 +377,8 @@ class MGRIT:
                 f"the initial guess holds {length(guess)} points, this rank owns {expected} "
                 f"(points {finest.layout.lo}..{finest.layout.hi - 1})"
             )
-        finest.u = tree_map(lambda g, u: g.to(dtype=u.dtype, device=u.device).clone(), guess, finest.u)
+        # In place: the coarse levels' u are views of the finest level's C-points.
+        tree_map(lambda u, g: u.copy_(g.to(dtype=u.dtype, device=u.device)), finest.u, guess)
 
     # ------------------------------------------------------------------ output
     def _collect(self, finest: Level) -> tuple[torch.Tensor, State]:

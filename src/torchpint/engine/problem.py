@@ -4,7 +4,7 @@ A problem is anything with ``step(u, t_start, t_stop) -> u_next``: one applicati
 time-stepper from ``t_start`` to ``t_stop``.  That is all the engine needs (as in PyMGRIT's
 ``Application``, but states are torch tensors or containers of them).
 
-Two optional additions, both used by the engine when present:
+Optional additions, both used by the engine when present:
 
 * ``step_batch(u, t_start, t_stop)``: many *independent* states at once.  ``u`` is a stacked
   state (every leaf has a leading batch axis), ``t_start`` / ``t_stop`` are float64 tensors of
@@ -14,6 +14,10 @@ Two optional additions, both used by the engine when present:
 * ``step_batch_into(u, t_start, t_stop, out)``: the same, written into ``out`` (a stacked state
   of ``u``'s structure, often a strided view of the engine's trajectory that does not overlap
   ``u``) instead of a new state: the engine then never copies a step's result.
+* ``step_sequence_into(u, t_start, t_stop, out, g=None)``: ``count`` *consecutive* steps from
+  one state ``u``: ``out[k] = step(out[k-1], t_start[k], t_stop[k]) (+ g[k])`` with ``out[-1] =
+  u`` (``out`` and ``g`` stacked, ``count`` points).  The coarsest level's sequential solve is
+  then one call instead of a Python round trip per point (tensor states only).
 * ``initial_value()``: the state at ``t_start``, used when ``solve()`` is given none.
 
 A solver accepts one problem for every level (the coarse levels then use the same stepper

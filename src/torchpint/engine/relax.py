@@ -255,13 +255,9 @@ def sequential_solve(level: Level) -> None:
     always = lambda boundary: True
     with level.timer.phase("coarse_solve"):
         before = level.recv_halo(always)
-        for i in range(n):
-            if lo + i == 0:
-                continue
-            if i == 0:
-                assert before is not None  # the previous rank's last point (received above)
-                src = stack([before])
-            else:
-                src = take(u, slice(i - 1, i))
-            level.phi_plus_g(src, lo + i - 1, 1, out=take(u, slice(i, i + 1)))
+        first = 1 if lo == 0 else 0  # global point 0 is the initial value
+        if first < n:
+            src = take(u, 0) if first == 1 else before
+            assert src is not None  # the previous rank's last point (received above)
+            level.chain(src, lo + first - 1, n - first, out=take(u, slice(first, n)))
         level.send_last(u, always)

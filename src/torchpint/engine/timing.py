@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+
+
+class _Phase:
+    """The context of one named phase; reused, since a solve enters the same phases thousands of times.
+
+    A class with ``__enter__``/``__exit__`` instead of ``@contextmanager``: a generator-based
+    context costs about 1.5 us per use, which added up to a visible share of the bookkeeping
+    (the step phase alone is entered 50-100 times per iteration).  Nested entries of the same
+    phase (never done by the engine) are still counted correctly: each keeps its own start.
+    """
+
+    __slots__ = ("name", "seconds", "starts")
+
+    def __init__(self, name: str, seconds: dict[str, float]) -> None:
+        self.name = name
+        self.seconds = seconds
+        self.starts: list[float] = []
+
+    def __enter__(self) -> None:
+        self.starts.append(time.perf_counter())
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self.name] += time.perf_counter() - self.starts.pop()
 
 
 class PhaseTimer:
@@ -13,14 +34,13 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self._phases: dict[str, _Phase] = {}
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - start
+    def phase(self, name: str) -> _Phase:
+        context = self._phases.get(name)
+        if context is None:
+            context = self._phases[name] = _Phase(name, self.seconds)
+        return context
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.seconds)

@@ -27,23 +27,31 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
 
     ``cached``: the fine level's ``c_images`` for its current ``u``, if the caller has them.
     The coarse ``u`` and ``g`` are rewritten in the storage they already have (no allocation);
-    the arithmetic is ``g = r + (v - Phi_c(v))`` in the order of the module note (bitwise as before).
+    the arithmetic is the module note's ``g = r + (v - Phi_c(v))`` (bitwise as before).
     """
     assert coarse.u is not None and coarse.g is not None
     with fine.timer.phase("restrict"):
         images = c_images(fine) if cached is None else cached.images
         v = c_values(fine)  # the coarse level's points, all of them (a view of the fine level)
-        put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
+        if not coarse.alias:  # an aliasing coarse u already is v
+            put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
         if coarse.layout.n_local == 0:
             return
-        tree_map(torch.Tensor.zero_, coarse.g)
-        tau = point_images(coarse, v, every_point=True, with_g=False)
-        if images is not None:
-            where, image = images  # fine C-index k is coarse local point k
-            tree_map(lambda g, a, b: torch.sub(a, b, out=g), take(coarse.g, where), image, take(v, where))
+        # Phi_c(v) straight into g, then g = v - Phi_c(v) in place, then g += (u_C images - v):
+        # the sum of the same two differences as the module note (addition commutes, so bitwise
+        # the same), without zeroing g first or a temporary per term.
+        tau = point_images(coarse, v, every_point=True, with_g=False, into=coarse.g)
+        start = coarse.layout.n_local if tau is None else tau[0].start
+        if start > 0:  # points without a tau image (global point 0): no equation there, g = 0
+            tree_map(torch.Tensor.zero_, take(coarse.g, slice(0, start)))
         if tau is not None:
-            where, image = tau
-            tree_map(lambda g, a, b: g.add_(torch.sub(a, b)), take(coarse.g, where), take(v, where), image)
+            where = tau[0]
+            tree_map(lambda g, a: torch.sub(a, g, out=g), take(coarse.g, where), take(v, where))
+        if images is not None:
+            where, image = images  # fine C-index k is coarse local point k (a tau target too)
+            # Fresh images are ours to overwrite; cached ones belong to the caller.
+            diff = tree_map(lambda a, b: torch.sub(a, b, out=a) if cached is None else a - b, image, take(v, where))
+            tree_map(torch.Tensor.add_, take(coarse.g, where), diff)
 
 
 def correct(fine: Level, coarse: Level) -> None:
@@ -53,7 +61,8 @@ def correct(fine: Level, coarse: Level) -> None:
         if coarse.layout.n_local == 0:
             return
         if not coarse.c_only:
-            put_c(fine, slice(0, None), coarse.u)
+            if not coarse.alias:  # an aliasing coarse u already is the fine C-points
+                put_c(fine, slice(0, None), coarse.u)
             return
         put_c(fine, c_slice(coarse), coarse.u)
 

@@ -31,6 +31,8 @@ from torchpint.problems import tridiagonal
 Source = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InitialCondition = Callable[[torch.Tensor], torch.Tensor]
 SOLVERS = ("auto", "rows", "lapack")
+# Cached batch preparations (Heat1D._prepared); an MGRIT solve uses a few dozen.
+_MAX_BATCHES = 1024
 
 
 class SeparableSource:
@@ -112,6 +114,7 @@ class Heat1D(BatchedProblem):
         else:
             self.solver = solver
         self._factors: dict[float, tuple] = {}
+        self._batches: dict[tuple[int, int], tuple] = {}  # see _prepared
         # The space factor of a separable source, evaluated once (as the full call would).
         self._space = rhs.space(self.x.unsqueeze(0)).reshape(self.n).numpy() if (
             isinstance(rhs, SeparableSource) and self.solver == "rows") else None
@@ -191,13 +194,57 @@ class Heat1D(BatchedProblem):
         if self.solver != "rows":
             out.copy_(self.step_batch(u, t_start, t_stop))
             return
+        dt_np, groups, args = self._prepared(t_start, t_stop)
+        u_np, out_np = u.detach().numpy(), out.detach().numpy()
+        for index, d, e in groups:
+            tridiagonal.solve_rows(u_np, dt_np, index, d, e, out_np, **args)
+
+    def step_sequence_into(
+        self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor, g: torch.Tensor | None = None
+    ) -> None:
+        """Consecutive steps from one state: ``out[k] = step(out[k-1], t_start[k], t_stop[k]) (+ g[k])``, ``out[-1] = u``.
+
+        The engine's sequential (coarsest-level) solve in one call of the compiled chain kernel
+        when every step has the same size (else, or without numba, one batched step per point).
+        """
+        if self.solver == "rows":
+            dt_np, groups, args = self._prepared(t_start, t_stop)
+            if len(groups) == 1:
+                _, d, e = groups[0]
+                g_np = None if g is None else g.detach().numpy()
+                tridiagonal.solve_chain(u.detach().numpy(), dt_np, d, e, out.detach().numpy(), g_np, **args)
+                return
+        for k in range(len(t_start)):
+            src = u.unsqueeze(0) if k == 0 else out[k - 1 : k]
+            self.step_batch_into(src, t_start[k : k + 1], t_stop[k : k + 1], out[k : k + 1])
+            if g is not None:
+                out[k].add_(g[k])
+
+    def _prepared(self, t_start: torch.Tensor, t_stop: torch.Tensor) -> tuple:
+        """What a batch's step needs besides the states: ``dt``, the rows and factors per step size, the source.
+
+        The engine steps the same batches every iteration and hands over the same time tensors
+        (it caches its slices of the grid), so this is cached per pair of tensors: forming it
+        costs a dozen small torch ops (``dt``, the source's ``sin``/``cos``, the grouping),
+        about as much as the whole solve of a small batch.  An entry holds the tensors (so
+        their ids cannot be reused by others) and their version counters (an in-place change
+        of the grid is noticed).
+        """
+        key = (id(t_start), id(t_stop))
+        hit = self._batches.get(key)
+        if hit is not None and hit[0] is t_start and hit[1] is t_stop and hit[2] == (t_start._version, t_stop._version):
+            return hit[3]
         dt = t_stop - t_start
         args: dict[str, np.ndarray] = {}
         if self._space is not None:
             args = {"space": self._space, "time": self.rhs.time(t_stop.unsqueeze(1)).reshape(-1).numpy()}  # type: ignore[union-attr]
         elif self.rhs is not None:
-            args = {"source": self._source(t_stop).expand(u.shape).numpy()}  # type: ignore[union-attr]
-        u_np, out_np, dt_np = u.detach().numpy(), out.detach().numpy(), dt.numpy()
-        for d, rows in self._dt_groups(dt):
-            index = np.arange(u.shape[0]) if rows is None else rows.numpy()
-            tridiagonal.solve_rows(u_np, dt_np, index, *self._factor(d), out_np, **args)
+            args = {"source": self._source(t_stop).expand(len(t_stop), self.n).numpy()}  # type: ignore[union-attr]
+        groups = [
+            (np.arange(len(dt)) if rows is None else rows.numpy(), *self._factor(d)) for d, rows in self._dt_groups(dt)
+        ]
+        prepared = (dt.numpy(), groups, args)
+        if len(self._batches) >= _MAX_BATCHES:  # callers that never repeat a batch: stay bounded
+            self._batches.clear()
+        self._batches[key] = (t_start, t_stop, (t_start._version, t_stop._version), prepared)
+        return prepared

@@ -9,15 +9,16 @@ unit bidiagonal ``L``) is factorised once per matrix; a solve is then two sweeps
 each a chain of dependent operations: solving one right-hand side at a time (LAPACK's
 ``pttrs`` does that for every column) waits on the latency of every multiply and divide.
 :func:`solve_rows` instead runs each row operation across a tile of :data:`TILE`
-right-hand sides at once (one SIMD register of float64): the tile is transposed on the fly
-into a scratch block ``(n, TILE)`` whose rows are contiguous, so the independent chains fill
-the vector units.  The operations and their order are exactly ``pttrs``'s, so the result is
-bitwise the same.
+right-hand sides at once: the tile's right-hand sides are first formed (``b = u + dt * f``,
+optionally with a separable source ``f[j, i] = space[i] * time[j]``) while reading each state
+row by row into the columns of a scratch block ``(n, TILE)``, the two sweeps then run on that
+block, whose rows are contiguous, so the independent chains fill the vector units with no
+gathers or scatters inside them, and the solutions are written back row by row.  The
+operations and their order are exactly ``pttrs``'s, so the result is bitwise the same.
 
-The right-hand side is formed inside the forward sweep (``b = u + dt * f``, optionally with a
-separable source ``f[j, i] = space[i] * time[j]``), so the engine's stacked states are read
-once and the solution is written straight into the caller's ``out`` (e.g. a strided view of a
-trajectory): no copies or conversions around the solve.
+The engine's stacked states are read where they are (strided views) and the solution is
+written straight into the caller's ``out`` (e.g. a strided view of a trajectory): no copies
+or conversions around the solve.
 
 The kernel is compiled by numba (LLVM, shipped in its wheel: no compiler needed) on first use
 and cached on disk; without numba, :data:`AVAILABLE` is False and callers use ``pttrs``.
@@ -35,9 +36,9 @@ except ImportError:  # pragma: no cover - exercised only in an environment witho
     numba = None
     AVAILABLE = False
 
-# Right-hand sides per tile: 8 float64 fill one AVX-512 register; 8 and 16 measured alike,
-# 4 and 32 slower, for nx 257 and 2049 (docs/engine.md).
-TILE = 8
+# Right-hand sides per tile: 16 float64 are two AVX-512 registers, two independent chains per
+# row operation; measured against 8 and 32 for nx 257 and 2049 (docs/engine.md).
+TILE = 16
 
 NO_SOURCE, FULL_SOURCE, SEPARABLE_SOURCE = 0, 1, 2
 
@@ -48,42 +49,91 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, out, mode):  # pragma: 
     w = np.empty((n, TILE))
     for j0 in range(0, count, TILE):
         t = min(TILE, count - j0)
-        # forward sweep, forming b = u + (f * dt) on the way (the same rounding as in torch);
-        # row 0 is the same with e_{-1} = 0 and a zero row before it (exact: b - 0 * 0 = b);
-        # the branches sit outside the vectorised loops
-        w[0, :] = 0.0
-        for i in range(n):
-            ei = e[i - 1] if i > 0 else 0.0
-            im = i - 1 if i > 0 else 0
-            if mode == NO_SOURCE:
-                for j in range(t):
-                    w[i, j] = u[rows[j0 + j], i] - w[im, j] * ei
-            elif mode == FULL_SOURCE:
-                for j in range(t):
-                    r = rows[j0 + j]
-                    w[i, j] = (u[r, i] + source[r, i] * dts[r]) - w[im, j] * ei
-            else:
-                si = space[i]
-                for j in range(t):
-                    r = rows[j0 + j]
-                    w[i, j] = (u[r, i] + (si * time[r]) * dts[r]) - w[im, j] * ei
-        # backward sweep, writing the solution rows
-        dn = d[n - 1]
+        # The tile's right-hand sides b = u + (f * dt) (the same rounding as in torch), read row
+        # by row (contiguous) into the columns of w: the sweeps below then find each row
+        # operation's operands side by side, with no gathers in their dependent chains.
         for j in range(t):
-            x = w[n - 1, j] / dn
-            w[n - 1, j] = x
-            out[rows[j0 + j], n - 1] = x
-        for i in range(n - 2, -1, -1):
-            di = d[i]
-            ei = e[i]
+            r = rows[j0 + j]
+            if mode == NO_SOURCE:
+                for i in range(n):
+                    w[i, j] = u[r, i]
+            elif mode == FULL_SOURCE:
+                dt = dts[r]
+                for i in range(n):
+                    w[i, j] = u[r, i] + source[r, i] * dt
+            else:
+                tm = time[r]
+                dt = dts[r]
+                for i in range(n):
+                    w[i, j] = u[r, i] + (space[i] * tm) * dt
+        # forward sweep (row 0 stays b: pttrs's b - 0 * 0), then backward; a full tile runs
+        # fixed-width loops (whole vector registers), a partial one only its own columns
+        if t == TILE:
+            for i in range(1, n):
+                ei = e[i - 1]
+                for j in range(TILE):
+                    w[i, j] = w[i, j] - w[i - 1, j] * ei
+            dn = d[n - 1]
+            for j in range(TILE):
+                w[n - 1, j] = w[n - 1, j] / dn
+            for i in range(n - 2, -1, -1):
+                di = d[i]
+                ei = e[i]
+                for j in range(TILE):
+                    w[i, j] = w[i, j] / di - w[i + 1, j] * ei
+        else:
+            for i in range(1, n):
+                ei = e[i - 1]
+                for j in range(t):
+                    w[i, j] = w[i, j] - w[i - 1, j] * ei
+            dn = d[n - 1]
             for j in range(t):
-                x = w[i, j] / di - w[i + 1, j] * ei
-                w[i, j] = x
-                out[rows[j0 + j], i] = x
+                w[n - 1, j] = w[n - 1, j] / dn
+            for i in range(n - 2, -1, -1):
+                di = d[i]
+                ei = e[i]
+                for j in range(t):
+                    w[i, j] = w[i, j] / di - w[i + 1, j] * ei
+        # the solutions back, row by row (contiguous writes; the tile's rows were all read above)
+        for j in range(t):
+            r = rows[j0 + j]
+            for i in range(n):
+                out[r, i] = w[i, j]
+
+
+def _solve_chain(u0, source, space, time, dts, d, e, g, out, mode):  # pragma: no cover - compiled
+    # out[k] = A^{-1} (out[k-1] + dts[k] f[k]) + g[k], out[-1] = u0: one right-hand side at a
+    # time (each is the previous solution), with exactly the operations of _solve_rows for a
+    # tile of one, so every point is bitwise what a batch of one would give; g[k] is added as
+    # torch's add_ does (one rounding), the next point starting from the sum.
+    n = u0.shape[0]
+    count = out.shape[0]
+    prev = u0.copy()
+    w = np.empty(n)
+    for k in range(count):
+        dt = dts[k]
+        for i in range(n):
+            if mode == NO_SOURCE:
+                b = prev[i]
+            elif mode == FULL_SOURCE:
+                b = prev[i] + source[k, i] * dt
+            else:
+                b = prev[i] + (space[i] * time[k]) * dt
+            w[i] = b - w[i - 1] * e[i - 1] if i > 0 else b
+        x = w[n - 1] / d[n - 1]
+        w[n - 1] = x
+        for i in range(n - 2, -1, -1):
+            x = w[i] / d[i] - w[i + 1] * e[i]
+            w[i] = x
+        for i in range(n):
+            v = w[i] + g[k, i] if g.shape[0] > 0 else w[i]
+            out[k, i] = v
+            prev[i] = v
 
 
 if AVAILABLE:
     _solve_rows = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_rows)
+    _solve_chain = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_chain)
 
 _EMPTY_2D = np.empty((0, 0))
 _EMPTY_1D = np.empty(0)
@@ -106,9 +156,39 @@ def solve_rows(
     completely before it is written).  ``f`` is ``source`` (``(batch, n)``), or ``space[i] *
     time[r]`` (``(n,)`` and ``(batch,)``), or absent (then ``b = u``).
     """
+    source, space, time, mode = _source_args(source, space, time)
+    _solve_rows(u, source, space, time, dts, rows, d, e, out, mode)
+
+
+def _source_args(
+    source: np.ndarray | None, space: np.ndarray | None, time: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The kernels' source arguments (empty arrays where unused) and their mode."""
     if source is not None:
-        _solve_rows(u, source, _EMPTY_1D, _EMPTY_1D, dts, rows, d, e, out, FULL_SOURCE)
-    elif space is not None and time is not None:
-        _solve_rows(u, _EMPTY_2D, space, time, dts, rows, d, e, out, SEPARABLE_SOURCE)
-    else:
-        _solve_rows(u, _EMPTY_2D, _EMPTY_1D, _EMPTY_1D, dts, rows, d, e, out, NO_SOURCE)
+        return source, _EMPTY_1D, _EMPTY_1D, FULL_SOURCE
+    if space is not None and time is not None:
+        return _EMPTY_2D, space, time, SEPARABLE_SOURCE
+    return _EMPTY_2D, _EMPTY_1D, _EMPTY_1D, NO_SOURCE
+
+
+def solve_chain(
+    u0: np.ndarray,
+    dts: np.ndarray,
+    d: np.ndarray,
+    e: np.ndarray,
+    out: np.ndarray,
+    g: np.ndarray | None = None,
+    source: np.ndarray | None = None,
+    space: np.ndarray | None = None,
+    time: np.ndarray | None = None,
+) -> None:
+    """Sequential steps in one call: ``out[k] = A^{-1} (out[k-1] + dts[k] f[k]) (+ g[k])``, ``out[-1] = u0``.
+
+    What a coarsest-level solve does point by point (each right-hand side is the previous
+    solution), without a Python call per point.  ``u0``: ``(n,)``; ``out``, ``g``, ``source``:
+    ``(count, n)``, any strides (``out`` must not overlap ``u0``); ``space``, ``time``,
+    ``dts`` as in :func:`solve_rows`.  Bitwise the same as :func:`solve_rows` on one row at a
+    time followed by ``out[k] += g[k]``.
+    """
+    source, space, time, mode = _source_args(source, space, time)
+    _solve_chain(u0, source, space, time, dts, d, e, _EMPTY_2D if g is None else g, out, mode)
