@@ -99,3 +99,20 @@ def test_bad_input_is_one_clear_line(capsys, tmp_path, args, message) -> None:
     assert main(["layer-parallel", "train", "--no-progress", "--out", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_warm_start_and_final_relax_flags(capsys, tmp_path) -> None:
+    """--warm-start starts each solve from the previous batch's solution: training still follows serial
+    training to the MGRIT tolerance, with no more iterations per batch than cold starts; the settings
+    are recorded and a resume with another value is refused."""
+    args = [*TINY, "--arch", "mlp", "--width", "6", "--epochs", "2", "--no-serial"]
+    assert main([*args, "--out", str(tmp_path / "cold")]) == 0
+    cold = last_json(capsys.readouterr().out)
+    assert main([*args, "--warm-start", "--out", str(tmp_path / "warm")]) == 0
+    warm = last_json(capsys.readouterr().out)
+    assert warm["config"]["warm_start"] and not cold["config"]["warm_start"] and warm["config"]["final_relax"]
+    assert warm["final_loss"] == pytest.approx(cold["final_loss"], rel=1e-7)
+    assert warm["forward_iterations_mean"] <= cold["forward_iterations_mean"]
+    assert warm["backward_iterations_mean"] <= cold["backward_iterations_mean"]
+    assert main([*args, "--out", str(tmp_path / "warm"), "--resume", "--no-warm-start"]) == 2
+    assert "warm_start (True there, False now)" in capsys.readouterr().err

@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--bwd-max-iter", type=int, default=defaults.bwd_max_iter)
     train.add_argument("--fwd-tol", type=float, default=defaults.fwd_tol, help="absolute tolerance, forward solve")
     train.add_argument("--bwd-tol", type=float, default=defaults.bwd_tol, help="absolute tolerance, adjoint solve")
+    train.add_argument("--final-relax", action=argparse.BooleanOptionalAction, default=defaults.final_relax,
+                       help="end each multilevel forward solve with C- and F-relaxation (closer to serial at few iterations)")
+    train.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=defaults.warm_start,
+                       help="start each forward/adjoint solve from the previous batch's solution")
     train.add_argument("--batch", type=int, default=defaults.batch)
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--momentum", type=float, default=defaults.momentum)
@@ -76,7 +80,8 @@ def config_from_args(args: argparse.Namespace, nproc: int) -> LayerParallelConfi
         cf=args.cf, relax=args.relax, cycle=args.cycle, nested=args.nested, fwd_max_iter=args.fwd_max_iter,
         bwd_max_iter=args.bwd_max_iter, fwd_tol=args.fwd_tol, bwd_tol=args.bwd_tol, epochs=args.epochs,
         batch=args.batch, lr=args.lr, momentum=args.momentum, seed=args.seed, dtype=args.dtype, nproc=nproc,
-        data_parallel=args.data_parallel, progress=args.progress,
+        data_parallel=args.data_parallel, progress=args.progress, final_relax=args.final_relax,
+        warm_start=args.warm_start,
     )
 
 

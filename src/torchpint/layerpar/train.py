@@ -66,6 +66,8 @@ class LayerParallelConfig:
     nproc: int = 1  # all processes: layer ranks x data_parallel
     data_parallel: int = 1  # data groups, each one layer-parallel network on its shard of the batch
     progress: bool = True  # progress bars (the per-epoch summary lines are printed either way)
+    final_relax: bool = True  # each multilevel forward solve ends with a C- and an F-relaxation (as XBraid)
+    warm_start: bool = False  # each solve starts from the previous batch's solution (same batch shape)
 
     def validate(self) -> None:
         """Everything that can be checked before a worker starts; ValueError with the reason."""
@@ -136,7 +138,7 @@ def build_layer_parallel_resnet(
         factory, config.layers, config.T, opening=opening, closing=closing, levels=config.levels, cf=config.cf,
         relax=config.relax, cycle=config.cycle, nested=config.nested, fwd_max_iter=config.fwd_max_iter,
         bwd_max_iter=config.bwd_max_iter, fwd_tol=config.fwd_tol, bwd_tol=config.bwd_tol, comm=comm,
-        data_comm=data_comm,
+        data_comm=data_comm, final_relax=config.final_relax, warm_start=config.warm_start,
     )
     return net.to(DTYPES[config.dtype])
 
@@ -145,7 +147,7 @@ def build_layer_parallel_resnet(
 # (the epoch count may grow; progress bars and the run folder may change).
 RESUME_KEYS = ("dataset", "arch", "width", "layers", "T", "levels", "cf", "relax", "cycle", "nested", "fwd_max_iter",
                "bwd_max_iter", "fwd_tol", "bwd_tol", "batch", "lr", "momentum", "seed", "dtype", "nproc",
-               "data_parallel")
+               "data_parallel", "final_relax", "warm_start")
 
 
 def _loader(data: Datasets, config: LayerParallelConfig) -> DataLoader:
