@@ -15,7 +15,7 @@ import torch
 from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
-from torchpint.engine.state import State, add, length, stack, take, tree_map
+from torchpint.engine.state import State, add, expand, length, stack, take, tree_map
 from torchpint.engine.timing import PhaseTimer
 
 
@@ -140,12 +140,15 @@ class Level:
         with self.timer.phase("comm"):
             return self.comm.recv(self.template, prev)
 
-    def post_halo(self, needs: Callable[[int], bool]) -> PendingRecv | None:
-        """:meth:`recv_halo` posted without waiting: work that does not need the halo goes on meanwhile."""
+    def post_halo(self, needs: Callable[[int], bool], pair: bool = False) -> PendingRecv | None:
+        """:meth:`recv_halo` posted without waiting: work that does not need the halo goes on meanwhile.
+
+        ``pair``: the message holds two stacked states (the halo and a second value sent along).
+        """
         prev = self.layout.prev_owner()
         if prev is None or not needs(self.layout.lo):
             return None
-        return self.comm.irecv(self.template, prev)
+        return self.comm.irecv(expand(self.template, 2) if pair else self.template, prev)
 
     def wait_halo(self, pending: PendingRecv) -> State:
         with self.timer.phase("comm"):

@@ -64,7 +64,16 @@ def f_relax(level: Level) -> None:
 
 
 def point_images(
-    level: Level, values: State, every_point: bool = False, with_g: bool = True, into: State | None = None
+    level: Level,
+    values: State,
+    every_point: bool = False,
+    with_g: bool = True,
+    into: State | None = None,
+    *,
+    send: bool = True,
+    send_extra: State | None = None,
+    halo: State | None = None,
+    recv_extra: list[State] | None = None,
 ) -> tuple[slice, State] | None:
     """``Phi(values_{i-1}) (+ g_i)`` at the local C-points ``i >= 1`` (or every point ``i >= 1``).
 
@@ -72,6 +81,11 @@ def point_images(
     slice of the targets and the stacked images, or None if this rank has no target.
     ``into``: a stacked state of the local points (e.g. ``values`` itself, when only targets
     change) into whose targets the images are written; the returned images are then that view.
+
+    Two halos in one message (the restriction's, see :func:`~torchpint.engine.transfer.restrict`):
+    ``send_extra`` travels with this rank's last point, and ``recv_extra`` (a list) receives
+    what travelled with the halo; ``send=False`` and ``halo`` are for the second exchange,
+    whose value has already been sent or received that way.
     """
     layout = level.layout
     n, lo = layout.n_local, layout.lo
@@ -79,8 +93,12 @@ def point_images(
         return None
     m = 1 if every_point or layout.m is None else layout.m
     needs = lambda boundary: boundary % m == 0  # the next rank starts at a target
-    level.send_last(values, needs)
-    pending = level.post_halo(needs)  # only for the first target: the others are stepped meanwhile
+    if send and send_extra is None:
+        level.send_last(values, needs)
+    elif send:
+        level.send_point(stack([take(values, n - 1), send_extra]), needs)
+    # only for the first target: the others are stepped meanwhile
+    pending = None if halo is not None else level.post_halo(needs, pair=recv_extra is not None)
     first = -(-lo // m) * m - lo  # local index of the first target
     start = first if lo + first > 0 else first + m  # global point 0 is the initial value
     count = len(range(start, n, m))
@@ -89,14 +107,19 @@ def point_images(
     step = level.phi_plus_g if with_g else level.phi
     where = slice(start, n, m)
     targets = take(into, where) if into is not None else empty_stack(level.template, count)
-    if pending is None:
+    if pending is None and halo is None:
         step(take(values, slice(start - 1, start - 1 + count * m, m)), lo + start - 1, count, m, out=targets)
         return where, targets
     # start == 0: the first target's predecessor is the halo, the others' are local.
     if count > 1:
         prev = take(values, slice(m - 1, m - 1 + (count - 1) * m, m))
         step(prev, lo + m - 1, count - 1, m, out=take(targets, slice(1, None)))
-    halo = level.wait_halo(pending)
+    if halo is None:
+        assert pending is not None
+        halo = level.wait_halo(pending)
+        if recv_extra is not None:
+            recv_extra.append(take(halo, 1))
+            halo = take(halo, 0)
     step(stack([halo]), lo - 1, 1, out=take(targets, slice(0, 1)))
     return where, targets
 
@@ -130,12 +153,19 @@ def _c_to_local(level: Level, where: slice) -> slice:
     return slice(fc + (where.start or 0) * m, stop, m * (where.step or 1))
 
 
-def c_images(level: Level) -> Images | None:
-    """``Phi(u_{c-1}) + g_c`` at this rank's C-points ``c >= 1``, by C-index (None: no target)."""
+def c_images(
+    level: Level, send_extra: State | None = None, recv_extra: list[State] | None = None
+) -> Images | None:
+    """``Phi(u_{c-1}) + g_c`` at this rank's C-points ``c >= 1``, by C-index (None: no target).
+
+    ``send_extra``, ``recv_extra``: a second value along with the halo (see :func:`point_images`;
+    not on a C-points-only level).
+    """
     assert level.u is not None
     if level.c_only:
+        assert send_extra is None and recv_extra is None
         return implicit_sweep(level, images=True)
-    got = point_images(level, level.u)
+    got = point_images(level, level.u, send_extra=send_extra, recv_extra=recv_extra)
     if got is None:
         return None
     where, images = got

@@ -19,7 +19,7 @@ import torch
 
 from torchpint.engine.level import Level
 from torchpint.engine.relax import Cached, c_images, c_slice, c_values, implicit_sweep, point_images, put_c
-from torchpint.engine.state import State, put, take, tree_map
+from torchpint.engine.state import State, length, put, take, tree_map
 
 
 def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
@@ -31,8 +31,14 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
     """
     assert coarse.u is not None and coarse.g is not None
     with fine.timer.phase("restrict"):
-        images = c_images(fine) if cached is None else cached.images
         v = c_values(fine)  # the coarse level's points, all of them (a view of the fine level)
+        send_pair, recv_pair = _one_message(fine, coarse) if cached is None and not fine.c_only else (False, False)
+        received: list[State] = []
+        if cached is not None:
+            images = cached.images
+        else:
+            last_v = take(v, length(v) - 1) if send_pair else None
+            images = c_images(fine, send_extra=last_v, recv_extra=received if recv_pair else None)
         if not coarse.alias:  # an aliasing coarse u already is v
             put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
         if coarse.layout.n_local == 0:
@@ -40,7 +46,8 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
         # Phi_c(v) straight into g, then g = v - Phi_c(v) in place, then g += (u_C images - v):
         # the sum of the same two differences as the module note (addition commutes, so bitwise
         # the same), without zeroing g first or a temporary per term.
-        tau = point_images(coarse, v, every_point=True, with_g=False, into=coarse.g)
+        tau = point_images(coarse, v, every_point=True, with_g=False, into=coarse.g,
+                           send=not send_pair, halo=received[0] if received else None)
         start = coarse.layout.n_local if tau is None else tau[0].start
         if start > 0:  # points without a tau image (global point 0): no equation there, g = 0
             tree_map(torch.Tensor.zero_, take(coarse.g, slice(0, start)))
@@ -52,6 +59,25 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
             # Fresh images are ours to overwrite; cached ones belong to the caller.
             diff = tree_map(lambda a, b: torch.sub(a, b, out=a) if cached is None else a - b, image, take(v, where))
             tree_map(torch.Tensor.add_, take(coarse.g, where), diff)
+
+
+def _one_message(fine: Level, coarse: Level) -> tuple[bool, bool]:
+    """Whether this rank sends, and whether it receives, the restriction's two halos as one message.
+
+    The fine images need the previous rank's last fine point, ``tau`` its last coarse point
+    (a fine C-point): both are final when the restriction starts, so when they go between the
+    same two ranks they travel together (one message per level and iteration fewer, each of
+    which costs rank 1 about 0.7 ms with gloo; docs/engine.md).  Sender and receiver decide
+    alike: the rank after this one on the fine level must need the fine halo and be the next
+    owner on the coarse level too, seen from either side.
+    """
+    fl, cl = fine.layout, coarse.layout
+    assert fl.m is not None
+    needs = lambda boundary: boundary % fl.m == 0  # as point_images on the fine level
+    nxt, prev = fl.next_owner(), fl.prev_owner()
+    send = nxt is not None and needs(fl.hi) and cl.next_owner() == nxt
+    receive = prev is not None and needs(fl.lo) and cl.prev_owner() == prev
+    return send, receive
 
 
 def correct(fine: Level, coarse: Level) -> None:
