@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 
 from torchpint.errors import TorchPintError
-from torchpint.run.launch import die_with_agent
+from torchpint.run.launch import die_with_agent, launched_by_torchrun
 
 # Each command lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
 # modules are imported lazily so that ``torchpint solve`` does not load the neural-network code.
@@ -63,6 +64,20 @@ def exit_code(error: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     die_with_agent()  # under torchrun: a killed agent must not leave this worker running
+    code = _run(args)
+    if launched_by_torchrun():
+        # A torchrun worker ends here, without the interpreter's teardown: destroying the
+        # process-group and store objects at exit aborted ranks now and then ("terminate called
+        # without an active exception", SIGABRT), and torchrun then counted a finished rank as
+        # failed (its peer's agent waited out the 300 s exit barrier).  Everything the command
+        # writes is written and closed by now; only the standard streams need a flush.
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args))
     except KeyboardInterrupt:

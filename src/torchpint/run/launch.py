@@ -310,6 +310,9 @@ def die_with_agent() -> None:
     if launched_by_torchrun() and not _BOUND_TO_AGENT:
         _BOUND_TO_AGENT = True
         _die_with_parent(os.getppid())
+        import faulthandler
+
+        faulthandler.enable()  # a rank that crashes in native code says where (torchrun shows its stderr)
 
 
 def _run_torchrun_rank(fn: Callable[..., Any], args: tuple[Any, ...], backend: str) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,7 +49,24 @@ def agents(command: list[str], *, nnodes: int = 2, nproc_per_node: int = 1, max_
                 "-m", "torchpint", *command]
         started.append(Agent(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                               env=environment, start_new_session=True)))
+        if node == 0:
+            _wait_for_listener(port, started[0])
     return started
+
+
+def _wait_for_listener(port: int, agent: Agent, timeout: float = 60) -> None:
+    """Until agent 0 serves the rendezvous endpoint, as the machine named in ``--rdzv-endpoint`` does.
+
+    Started together on one host, either agent could bind the endpoint first and host the
+    rendezvous store; the one that does must outlive the other for torchrun to end cleanly
+    (a test that kills a rank would otherwise depend on which agent won the race)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and agent.proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 def finish(started: list[Agent], timeout: float = 240) -> list[Agent]:
