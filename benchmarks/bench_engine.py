@@ -6,10 +6,11 @@ the reference, docs/engine.md):
 
     1    nx 2049, nt 1025, 5 levels, cf 4, 1 process
     2    nx 257,  nt 4097, 4 levels, cf 4, 1 process
-    1p2  case 1 on 2 processes (gloo)
+    1p2  case 1 on 2 processes (the default transport: shared memory between ranks on one machine)
+    1p2g case 1 on 2 processes, every message through gloo (what revisions before the transport did)
 
     .venv/bin/python benchmarks/bench_engine.py --baseline 2880a57 [--rounds 8] [--cases 1,2,1p2]
-    .venv/bin/python benchmarks/bench_engine.py --latency      # one gloo message, 2 processes
+    .venv/bin/python benchmarks/bench_engine.py --latency      # one message (gloo, shared memory), 2 processes
     .venv/bin/python benchmarks/bench_engine.py --kernel       # Heat1D's batched step, per state
 
 ``--baseline REV`` extracts ``git archive REV`` into a temporary folder and runs its ``src``
@@ -46,6 +47,8 @@ CASES: dict[str, dict[str, Any]] = {
     "1": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 1},
     "2": {"nx": 257, "nt": 4097, "levels": 4, "nproc": 1},
     "1p2": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2},
+    # the same with every message through gloo (revisions before the shared-memory transport had only that)
+    "1p2g": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2, "transport": "gloo"},
 }
 
 
@@ -73,13 +76,18 @@ class CountingComm:
 
 def timed_solve(case: dict[str, Any]) -> dict[str, Any]:
     """Warm-up solve, then the timed one; uses only APIs that every benchmarked revision has."""
+    import dataclasses
+
     import torch
 
     from torchpint.cli.solve import SolveConfig, build_solver
 
     torch.set_num_threads(1)
+    extra = {}
+    if "transport" in case and "transport" in {f.name for f in dataclasses.fields(SolveConfig)}:
+        extra["transport"] = case["transport"]
     config = SolveConfig(problem="heat1d", nx=case["nx"], nt=case["nt"], levels=case["levels"], cf=[4],
-                         relax="FCF", cycle="V", nested=False, tol=1e-9, max_iter=100, verbose=False)
+                         relax="FCF", cycle="V", nested=False, tol=1e-9, max_iter=100, verbose=False, **extra)
     build_solver(config).solve()  # warm-up
     solver = build_solver(config)
     solver.comm = counting = CountingComm(solver.comm)
@@ -111,13 +119,13 @@ def worker(names: list[str]) -> None:
     print(RECORD + json.dumps(out), flush=True)
 
 
-def ping_pong(rounds: int, numel: int) -> float:
-    """Median one-way time of a message of ``numel`` float64 through the engine's DistComm."""
+def ping_pong(rounds: int, numel: int, transport: str = "gloo") -> float:
+    """Median one-way time of a message of ``numel`` float64 through the engine's comm of ``transport``."""
     import torch
 
-    from torchpint.engine.comm import DistComm
+    from torchpint.engine.shm import make_comm
 
-    comm = DistComm()
+    comm = make_comm(None, transport)
     state = torch.zeros(numel, dtype=torch.float64)
     times = []
     for _ in range(rounds):
@@ -277,7 +285,7 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV", help="git revision to run side by side with the working tree")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
     parser.add_argument("--cases", default="1,2,1p2", help=f"comma-separated, of {', '.join(CASES)}")
-    parser.add_argument("--latency", action="store_true", help="measure one gloo message between 2 processes")
+    parser.add_argument("--latency", action="store_true", help="measure one message between 2 processes (gloo and shared memory)")
     parser.add_argument("--kernel", action="store_true", help="time Heat1D's batched step alone, per state")
     parser.add_argument("--pymgrit-python", default="/work/pymgrit-venv/bin/python")
     parser.add_argument("--out", default=str(HERE / "results" / "engine.json"))
@@ -296,10 +304,12 @@ def main() -> None:
                               "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
     if args.latency:
         sys.path.insert(0, str(ROOT / "src"))
-        for numel in (1, 2047):
-            seconds = _run_workers(ping_pong, 2, (2000, numel))[0]
-            record[f"latency_us_{numel}"] = 1e6 * seconds
-            print(f"one message of {numel} float64 over gloo (DistComm send/recv, median of 2000): {1e6 * seconds:.1f} us")
+        for transport in ("gloo", "shm"):
+            for numel in (1, 2047):
+                seconds = _run_workers(ping_pong, 2, (2000, numel, transport))[0]
+                record[f"latency_us_{numel}" + ("" if transport == "gloo" else f"_{transport}")] = 1e6 * seconds
+                print(f"one message of {numel} float64 over {transport} (send/recv ping-pong, median of 2000): "
+                      f"{1e6 * seconds:.1f} us")
     if args.kernel:
         sys.path.insert(0, str(ROOT / "src"))
         record["kernel"] = time_kernels(max(args.rounds, 3) * 4)

@@ -1,13 +1,15 @@
 """The messaging the networks use: tagged point-to-point tensors, broadcast, gather (2 and 3 processes)."""
 
+import pytest
 import torch
 
 from torchpint.run.launch import run_workers
 from torchpint.engine.comm import DistComm, ReversedComm, SerialComm
+from torchpint.engine.shm import make_comm
 
 
-def _exchange() -> dict:
-    comm = DistComm()
+def _exchange(transport: str) -> dict:
+    comm = make_comm(None, transport)
     out: dict = {}
     # Two streams between the same pair, posted in one order and received in the other: tags keep them apart.
     if comm.rank == 0:
@@ -30,8 +32,9 @@ def _exchange() -> dict:
     return out
 
 
-def test_tagged_messages_broadcast_and_gather_on_three_processes():
-    ranks = run_workers(_gather_all, 3)
+@pytest.mark.parametrize("transport", ["gloo", "shm"])
+def test_tagged_messages_broadcast_and_gather_on_three_processes(transport: str):
+    ranks = run_workers(_gather_all, 3, (transport,))
     r0, r1, r2 = ranks[0]
     assert r1["tag7"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert r1["tag8"] == [[0.0, 10.0, 20.0], [30.0, 40.0, 50.0]]
@@ -44,8 +47,8 @@ def test_tagged_messages_broadcast_and_gather_on_three_processes():
     assert r2["reversed_gather"] == [0, 1, 2]
 
 
-def _gather_all() -> list:
-    mine = _exchange()
+def _gather_all(transport: str) -> list:
+    mine = _exchange(transport)
     return DistComm().gather_object(mine, dst=0)
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from torchpint.cli.options import at_least
-from torchpint.engine import MGRIT, ReversedComm, default_comm, time_grid
+from torchpint.engine import MGRIT, Comm, ReversedComm, SerialComm, default_comm, time_grid
+from torchpint.engine.shm import TRANSPORTS
 from torchpint.engine.problem import Problem
 from torchpint.errors import ConfigError
 from torchpint.problems import Brusselator, Dahlquist, Heat1D, default_rhs
@@ -58,6 +59,8 @@ class SolveConfig:
     # distribution: explicit finest-level blocks, ranks numbered backwards (as an adjoint solve does)
     partition: list[tuple[int, int]] | None = None
     reverse_ranks: bool = False
+    # messages between ranks: "auto" (shared memory when all ranks are on this machine), "shm", "gloo"
+    transport: str = "auto"
     # output
     verbose: bool = True
     return_solution: bool = False
@@ -81,7 +84,12 @@ def build_problem(config: SolveConfig) -> Problem:
     return problem
 
 
-def build_solver(config: SolveConfig, callback: Any = None) -> MGRIT:
+def build_solver(config: SolveConfig, callback: Any = None, comm: Comm | None = None) -> MGRIT:
+    """The solver of ``config``; its comm is made from ``config.transport`` (collective) unless given."""
+    if comm is None:
+        comm = default_comm(config.transport)
+        if config.reverse_ranks:
+            comm = ReversedComm(comm)
     return MGRIT(
         build_problem(config),
         time_grid(config.t_start, config.t_stop, config.nt),
@@ -98,7 +106,7 @@ def build_solver(config: SolveConfig, callback: Any = None) -> MGRIT:
         partition=config.partition,
         allow_partial=config.allow_partial,
         coarse_storage=config.coarse_storage,
-        comm=ReversedComm(default_comm()) if config.reverse_ranks else None,
+        comm=comm,
     )
 
 
@@ -145,6 +153,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep every point, or only C-points, on the intermediate coarse levels")
     parser.add_argument("--nproc", type=int, default=None,
                         help="time-parallel processes (default 1; under torchrun, torchrun's world size)")
+    parser.add_argument("--transport", default="auto", choices=TRANSPORTS,
+                        help="messages between ranks: shared memory when all ranks are on this machine (auto), "
+                             "always shared memory (shm), or the process group's gloo")
     parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
     parser.add_argument("--x-start", type=float, default=0.0)
     parser.add_argument("--x-end", type=float, default=2.0)
@@ -191,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
         a=args.a,
         lam=args.lam,
         method=args.method,
+        transport=args.transport,
         fault=fault,
     )
 
@@ -220,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     validate(config)
     # Everything is checked here, before any worker starts: bad input never reaches a worker.
-    build_solver(config)
+    build_solver(config, comm=SerialComm())
     size = world_size(args.nproc, allowed=lambda n: None if n <= config.nt else f"more processes than the {config.nt} time points")
     lead = launch_rank() == 0
     if lead:

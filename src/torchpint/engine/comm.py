@@ -111,6 +111,9 @@ class SerialComm:
         return [obj]
 
 
+# how messages travel between ranks (torchpint.engine.shm.make_comm)
+TRANSPORTS = ("auto", "shm", "gloo")
+
 # broadcast's header: ndim, dtype index, then the shape
 _MAX_DIMS = 12
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool]
@@ -273,8 +276,19 @@ class ReversedComm:
         return None if out is None else list(reversed(out))
 
 
-def default_comm() -> Comm:
-    """DistComm when torch.distributed is initialised with more than one rank, else serial."""
+def default_comm(transport: str = "auto") -> Comm:
+    """The comm of the default process group when it has more than one rank, else serial.
+
+    With several ranks this is collective (every rank calls it): ``transport`` is as in
+    :func:`torchpint.engine.shm.make_comm` (``"auto"``: shared-memory messages when every rank
+    is on this machine, else gloo's).
+    """
+    if transport not in TRANSPORTS:
+        from torchpint.errors import ConfigError
+
+        raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return DistComm()
+        from torchpint.engine.shm import make_comm  # shm builds on this module
+
+        return make_comm(None, transport)
     return SerialComm()
