@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from torchpint.engine.comm import Comm, DistComm, SerialComm
+from torchpint.engine.comm import Comm, SerialComm
+from torchpint.engine.shm import make_comm
 from torchpint.engine.mgrit import ConfigError
 
 
@@ -141,8 +142,10 @@ def layer_data_ranks(world_size: int, data_parallel: int) -> tuple[list[list[int
     return layer_groups, data_groups
 
 
-def layer_data_comms(data_parallel: int = 1) -> tuple[Comm, Comm]:
+def layer_data_comms(data_parallel: int = 1, transport: str = "auto") -> tuple[Comm, Comm]:
     """``(layer comm, data comm)`` of this process in the grid of :func:`layer_data_ranks` (collective).
+
+    ``transport``: how the layer comm's messages travel (:func:`torchpint.engine.shm.make_comm`).
 
     Every process of ``torch.distributed``'s world must call it (process groups are created
     collectively); without an initialised world (one process) ``data_parallel`` must be 1.
@@ -155,17 +158,19 @@ def layer_data_comms(data_parallel: int = 1) -> tuple[Comm, Comm]:
     layer_groups, data_groups = layer_data_ranks(world, data_parallel)
     per_network = world // data_parallel
 
-    def mine(groups: list[list[int]]) -> Comm:
+    def mine(groups: list[list[int]], transport: str) -> Comm:
         own: Comm = SerialComm()
         for ranks in groups:  # every process creates every group, in the same order
             if len(ranks) == 1:
                 continue  # a group of one process talks to nobody
             group = None if len(ranks) == world else dist.new_group(ranks)
             if rank in ranks:
-                own = DistComm(group)
+                own = make_comm(group, transport)
         return own
 
-    layer, data = mine(layer_groups), mine(data_groups)
+    # The layer groups carry MGRIT's many small halo messages: shared memory where the ranks
+    # share a machine.  The data groups only average gradients (large all-reduces): gloo.
+    layer, data = mine(layer_groups, transport), mine(data_groups, "gloo")
     assert layer.size == per_network and data.size == data_parallel
     return layer, data
 
