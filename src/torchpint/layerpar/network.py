@@ -41,13 +41,13 @@ from torchpint.engine import (
     ReversedComm,
     SerialComm,
     default_comm,
+    sequential_pass,
     time_grid,
 )
 from torchpint.engine.comm import Comm
-from torchpint.engine.grid import layouts
 from torchpint.engine.level import Level
 from torchpint.engine.mgrit import ConfigError, parse_relax
-from torchpint.engine.relax import Cached, c_images, c_relax, f_relax, point_images, sequential_solve
+from torchpint.engine.relax import Cached, c_images, c_relax, f_relax, point_images
 from torchpint.engine.state import State, flatten, length, put, take, unflatten
 from torchpint.engine.timing import PhaseTimer
 from torchpint.layerpar.layout import LayerLayout, plan_layout
@@ -354,19 +354,14 @@ class LayerParallel(nn.Module):
         if serial or self.levels == 1:
             # The engine's sequential solve (what its coarsest level does), without a residual
             # evaluation, which would cost a second pass: one level is exact after one pass.
-            (layout,) = layouts([grid], [], comm.rank, comm.size, partition)
-            level = Level(0, layout, problem, comm, PhaseTimer(), template=u0)
-            level.u = u0.new_zeros((layout.n_local, *u0.shape))
-            if layout.lo == 0:
-                put(level.u, 0, u0)
             problem.last_sweep(True)
             try:
-                sequential_solve(level)
+                exact = sequential_pass(problem, grid, u0, comm=comm, partition=partition)
             finally:
                 problem.last_sweep(False)
-            comm.wait_sends()
+            block = exact.u
             stats: dict[str, Any] = {"iterations": 1, "residuals": [], "converged": True,
-                                     "steps_per_level": [level.steps_taken], "phase_seconds": level.timer.as_dict()}
+                                     "steps_per_level": exact.steps_per_level, "phase_seconds": exact.phase_seconds}
         else:
             options = self.bwd if adjoint else self.fwd
             mgrit = _WarmMGRIT(
@@ -387,14 +382,15 @@ class LayerParallel(nn.Module):
             steps[0] += level.steps_taken - before
             stats = {"iterations": result.iterations, "residuals": result.residuals, "converged": result.converged,
                      "steps_per_level": steps, "phase_seconds": level.timer.as_dict()}
+            block = level.u
         # MGRIT checks every iteration's residual; this covers the exact pass and the last sweep.
-        bad = torch.tensor([0.0 if finite(level.u) else 1.0], dtype=torch.float64)
+        bad = torch.tensor([0.0 if finite(block) else 1.0], dtype=torch.float64)
         if float(comm.sum(bad)) > 0:  # every rank learns it, and stops the same way
             raise NonFiniteError(stats["iterations"], "the exact pass" if serial or self.levels == 1 else "the last sweep")
         stats["warm"] = guess is not None
         stats["seconds"] = time.perf_counter() - start
-        assert isinstance(level.u, torch.Tensor)
-        return level.u, stats
+        assert isinstance(block, torch.Tensor)
+        return block, stats
 
     def _share_template(self, x0: torch.Tensor) -> torch.Tensor:
         """A zero state shaped like ``x_0`` on every rank (rank 0 sends it)."""
