@@ -6,7 +6,7 @@ DistComm call (posting a receive, waiting for it, a send, the all-reduce) is rec
 wall and thread-CPU time; a phase's *exclusive* time leaves out the phases and calls inside it.
 Wall time well above CPU time in a message call is waiting for the other rank.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/trace_engine.py --case 1 --nproc 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/trace_engine.py --case 1 --nproc 2 [--transport gloo]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 CASES = {"1": (2049, 1025, 5), "2": (257, 4097, 4)}
 
 
-def traced_solve(case: str) -> dict[str, Any]:
+def traced_solve(case: str, transport_name: str = "auto") -> dict[str, Any]:
     import torch
 
     import torchpint.engine.comm as comm
@@ -57,11 +57,25 @@ def traced_solve(case: str) -> dict[str, Any]:
     comm.DistComm.send = wrap("msg: send", comm.DistComm.send)
     comm.DistComm.sum = wrap("msg: all-reduce", comm.DistComm.sum)
     comm.PendingRecv.wait = wrap("msg: wait for receive", comm.PendingRecv.wait)
+    try:  # the shared-memory transport (revisions that have it)
+        import torchpint.engine.shm as shm
+
+        shm.SharedMemoryComm.irecv = wrap("msg: post receive", shm.SharedMemoryComm.irecv)
+        shm.SharedMemoryComm.send = wrap("msg: send", shm.SharedMemoryComm.send)
+        shm.SharedMemoryComm.sum = wrap("msg: all-reduce", shm.SharedMemoryComm.sum)
+        shm.SharedMemoryPendingRecv.wait = wrap("msg: wait for receive", shm.SharedMemoryPendingRecv.wait)
+        # recv is what wait calls: wrapped for the blocking receives only
+        plain_recv = shm.SharedMemoryComm.recv
+        shm.SharedMemoryComm.recv = wrap("msg: blocking receive", plain_recv)
+        shm.SharedMemoryPendingRecv.wait = wrap("msg: wait for receive", lambda self: plain_recv(self.comm, self.template, self.src))
+        transport = {"transport": transport_name}
+    except ImportError:
+        transport = {}
 
     torch.set_num_threads(1)
     nx, nt, levels = CASES[case]
     config = SolveConfig(problem="heat1d", nx=nx, nt=nt, levels=levels, cf=[4], relax="FCF", cycle="V",
-                         nested=False, tol=1e-9, max_iter=100, verbose=False)
+                         nested=False, tol=1e-9, max_iter=100, verbose=False, **transport)
     build_solver(config).solve()  # warm-up (numba's cache, allocator)
     best: dict[str, Any] | None = None
     for _ in range(3):
@@ -99,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES), default="1")
     parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--transport", choices=("auto", "shm", "gloo"), default="auto")
     args = parser.parse_args()
     if args.nproc < 1:
         parser.error("--nproc must be >= 1")
@@ -107,8 +122,8 @@ def main() -> None:
     else:
         from torchpint.run import run_workers
 
-        records = run_workers(traced_solve, args.nproc, (args.case,), timeout_s=600)
-    print(f"case {args.case} on {args.nproc} process(es); load average {open('/proc/loadavg').read().split()[:3]}")
+        records = run_workers(traced_solve, args.nproc, (args.case, args.transport), timeout_s=600)
+    print(f"case {args.case} on {args.nproc} process(es), transport {args.transport}; load average {open('/proc/loadavg').read().split()[:3]}")
     for rank, record in enumerate(records):
         its = record["iterations"]
         print(f"rank {rank}: solve {record['seconds']:.3f} s, {its} iterations; CPU: main thread"

@@ -78,7 +78,9 @@ class _Ring:
         try:
             if create:
                 os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
+            # Populated now, at set-up: a page touched first inside a solve costs a page fault there.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(fd, size, flags=flags)
         finally:
             os.close(fd)
         self.capacity = capacity
@@ -249,29 +251,35 @@ class SharedMemoryComm(DistComm):
         self._gloo_buffers.clear()
 
     # --- receiving
-    def _poll(self, src: int, tag: int) -> torch.Tensor | None:
-        """The next message of ``tag`` from ``src`` as bytes, if it has arrived; others met are kept."""
+    def _poll(self, src: int, tag: int, into: torch.Tensor) -> bool:
+        """Whether the next message of ``tag`` from ``src`` has arrived (then it is in ``into``); others met are kept."""
         kept = self._stash.get((src, tag))
         if kept:
-            return kept.popleft()
-        while (message := self._read_one(src)) is not None:
-            got, out = message
+            self._fill(into, kept.popleft(), src, tag)
+            return True
+        while (message := self._read_one(src, tag, into)) is not None:
+            got, data = message
             if got == tag:
-                return out
-            self._stash.setdefault((src, got), deque()).append(out)
-        return None
+                return True
+            self._stash.setdefault((src, got), deque()).append(data)
+        return False
 
-    def _read_one(self, src: int) -> tuple[int, torch.Tensor] | None:
+    def _read_one(self, src: int, want: int | None = None, into: torch.Tensor | None = None) -> tuple[int, torch.Tensor] | None:
+        """The next record from ``src``: straight into ``into`` if its tag is ``want``, else into new bytes."""
         ring = self._inbox[src]
         record = ring.peek()
         if record is None:
             return None
         nbytes, tag, kind, at = record
-        out = torch.empty(nbytes, dtype=torch.uint8)
-        ring.consume(nbytes, kind, at, out)
+        if into is not None and tag == want:
+            target = _as_bytes(into)
+            self._check_size(target.numel(), nbytes, src, tag)
+        else:
+            target = torch.empty(nbytes, dtype=torch.uint8)
+        ring.consume(nbytes, kind, at, target)
         if kind == _VIA_GLOO:
-            dist.recv(out, self._global(src), group=self.group, tag=self._gloo_tag)
-        return tag, out
+            dist.recv(target, self._global(src), group=self.group, tag=self._gloo_tag)
+        return tag, target
 
     def _relieve(self) -> None:
         """Copy out the messages of rings more than half full, so their senders' queues can move.
@@ -283,21 +291,18 @@ class SharedMemoryComm(DistComm):
                 while (message := self._read_one(src)) is not None:
                     self._stash.setdefault((src, message[0]), deque()).append(message[1])
 
-    def _take(self, src: int, tag: int) -> torch.Tensor:
+    def _take(self, src: int, tag: int, into: torch.Tensor) -> None:
+        """Wait for the next message of ``tag`` from ``src`` and copy it into ``into`` (contiguous)."""
         if src == self.rank or not 0 <= src < self.size:
             raise ValueError(f"rank {self.rank} cannot receive from rank {src} (of {self.size})")
-        box: list[torch.Tensor] = []
 
         def arrived() -> bool:
-            got = self._poll(src, tag)
-            if got is None:
-                self._push()
-                return False
-            box.append(got)
-            return True
+            if self._poll(src, tag, into):
+                return True
+            self._push()
+            return False
 
         self._wait(arrived, f"a message from rank {src}", src)
-        return box[0]
 
     def _wait(self, done, what: str, peer: int | None) -> None:
         if done():
@@ -332,28 +337,27 @@ class SharedMemoryComm(DistComm):
 
     def recv_tensor(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, tag: int = 0) -> torch.Tensor:
         out = torch.empty(tuple(shape), dtype=dtype)
-        data = self._take(src, tag)
-        self._fill(out, data, src, tag)
+        self._take(src, tag, out)
         return out
 
     def _fill(self, out: torch.Tensor, data: torch.Tensor, src: int, tag: int) -> None:
         view = _as_bytes(out)
-        if view.numel() != data.numel():
-            raise RuntimeError(
-                f"rank {self.rank} expected {view.numel()} bytes from rank {src} (tag {tag}), got {data.numel()}"
-            )
+        self._check_size(view.numel(), data.numel(), src, tag)
         view.copy_(data)
+
+    def _check_size(self, expected: int, got: int, src: int, tag: int) -> None:
+        if expected != got:
+            raise RuntimeError(f"rank {self.rank} expected {expected} bytes from rank {src} (tag {tag}), got {got}")
 
     def recv(self, template: State, src: int) -> State:
         parts = leaves(template)
-        data = self._take(src, 0)
         if len(parts) == 1:
             out = torch.empty_like(parts[0], memory_format=torch.contiguous_format)
-            self._fill(out, data, src, 0)
+            self._take(src, 0, out)
             return out if isinstance(template, torch.Tensor) else unflatten(out.reshape(-1), template)
         flat = flatten(template)
         buffer = torch.empty(flat.numel(), dtype=flat.dtype)
-        self._fill(buffer, data, src, 0)
+        self._take(src, 0, buffer)
         return unflatten(buffer, template)
 
     def irecv(self, template: State, src: int) -> SharedMemoryPendingRecv:  # type: ignore[override]
