@@ -40,6 +40,17 @@ def test_rows_solver_is_bitwise_pttrs(rhs) -> None:
     many = torch.randn(37, 65, dtype=torch.float64, generator=g)
     s0 = torch.linspace(0.0, 1.8, 37, dtype=torch.float64)
     assert torch.equal(fast.step_batch(many, s0, s0 + 0.05), lapack.step_batch(many, s0, s0 + 0.05))
+    # the engine's g added as the solution is written: bitwise a step and then add_ (strided g,
+    # several step sizes, full and partial tiles; the LAPACK path adds it afterwards)
+    rhs_g = torch.randn(2 * 19, 65, dtype=torch.float64, generator=g)[1::2]
+    for problem in (fast, lapack):
+        into = torch.empty(19, 65, dtype=torch.float64)
+        problem.step_batch_into(u, t0, t1, into, g=rhs_g)
+        assert torch.equal(into, expected + rhs_g)
+    big_g = torch.randn(37, 65, dtype=torch.float64, generator=g)
+    into = torch.empty(37, 65, dtype=torch.float64)
+    fast.step_batch_into(many, s0, s0 + 0.05, into, g=big_g)
+    assert torch.equal(into, lapack.step_batch(many, s0, s0 + 0.05) + big_g)
 
 
 def test_mgrit_history_identical_with_either_solver() -> None:

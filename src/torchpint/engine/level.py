@@ -15,7 +15,7 @@ import torch
 from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
-from torchpint.engine.state import State, add, expand, length, stack, take, tree_map
+from torchpint.engine.state import State, add, expand, length, stack, take
 from torchpint.engine.timing import PhaseTimer
 
 
@@ -58,18 +58,21 @@ class Level:
             )
         return times
 
-    def phi(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
+    def phi(
+        self, u: State, first: int, count: int, stride: int = 1, out: State | None = None, g: State | None = None
+    ) -> State:
         """Step the stacked states ``u`` from the global points ``first + k*stride`` to the next point.
 
         ``out``: where to write the result (e.g. a view of ``self.u``; must not overlap ``u``);
-        default a new state.
+        default a new state.  ``g`` (only with ``out``): added to the result, by the problem's
+        step when it can (:func:`~torchpint.engine.problem.step_batch_into`).
         """
         t0, t1 = self._slices(first, count, stride)
         self.steps_taken += count
         with self.timer.phase("step"):
             if out is None:
                 return step_batch(self.problem, u, t0, t1)
-            step_batch_into(self.problem, u, t0, t1, out)
+            step_batch_into(self.problem, u, t0, t1, out, g)
             return out
 
     def chain(self, u: State, first: int, count: int, out: State) -> None:
@@ -98,22 +101,14 @@ class Level:
 
     def phi_plus_g(self, u: State, first: int, count: int, stride: int = 1, out: State | None = None) -> State:
         """``Phi(u) + g`` at the points that follow ``first + k*stride`` (the level's equation); ``out`` as in :meth:`phi`."""
-        result = self.phi(u, first, count, stride, out)
         if self.g is None:
-            return result
+            return self.phi(u, first, count, stride, out)
         lo = self.layout.lo
         where = slice(first + 1 - lo, first + 1 - lo + count * stride, stride)
-        if isinstance(self.g, torch.Tensor):  # the common case, without the pytree walk
-            g = self.g[where]
-            if out is None:
-                return result + g  # the problem's result may not be ours to modify
-            out.add_(g)
-            return out
-        g = take(self.g, where)
-        if out is None:
-            return add(result, g)
-        tree_map(torch.Tensor.add_, out, g)
-        return out
+        g = self.g[where] if isinstance(self.g, torch.Tensor) else take(self.g, where)
+        if out is not None:
+            return self.phi(u, first, count, stride, out, g)
+        return add(self.phi(u, first, count, stride), g)  # the problem's result may not be ours to modify
 
     # ------------------------------------------------------------------ halo
     # The halo: a rank sends its last point forward to the next non-empty rank, which receives it

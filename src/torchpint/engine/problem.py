@@ -27,11 +27,13 @@ larger learning rate when the "time steps" are training steps).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from torchpint.engine.state import State, length, put, stack, take
+from torchpint.engine.state import State, length, put, stack, take, tree_map
 
 
 @runtime_checkable
@@ -53,13 +55,33 @@ def step_batch(problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.
     )
 
 
-def step_batch_into(problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.Tensor, out: State) -> None:
-    """:func:`step_batch` written into ``out`` (the problem's ``step_batch_into`` if it has one)."""
+def step_batch_into(
+    problem: Problem, u: State, t_start: torch.Tensor, t_stop: torch.Tensor, out: State, g: State | None = None
+) -> None:
+    """:func:`step_batch` written into ``out`` (the problem's ``step_batch_into`` if it has one), plus ``g``.
+
+    A problem whose ``step_batch_into`` takes a ``g`` argument adds it as it writes ``out``
+    (bitwise the same as adding afterwards, one pass over memory fewer); otherwise it is added here.
+    """
     into = getattr(problem, "step_batch_into", None)
     if into is not None:
+        if g is not None and _takes_g(type(problem)):
+            into(u, t_start, t_stop, out, g=g)
+            return
         into(u, t_start, t_stop, out)
     else:
         put(out, slice(None), step_batch(problem, u, t_start, t_stop))
+    if g is not None:
+        tree_map(torch.Tensor.add_, out, g)
+
+
+@functools.cache
+def _takes_g(cls: type) -> bool:
+    """Whether ``cls.step_batch_into`` accepts ``g`` (a property of the class, so looked up once)."""
+    try:
+        return "g" in inspect.signature(cls.step_batch_into).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False
 
 
 class BatchedProblem:

@@ -189,15 +189,24 @@ class Heat1D(BatchedProblem):
             out[rows] = self._solve(d, b[rows])
         return out
 
-    def step_batch_into(self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor) -> None:
-        """``out[:] = step_batch(u, t_start, t_stop)`` without intermediate arrays (``out`` may be a view)."""
+    def step_batch_into(
+        self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor, g: torch.Tensor | None = None
+    ) -> None:
+        """``out[:] = step_batch(u, t_start, t_stop) (+ g)`` without intermediate arrays (``out`` may be a view).
+
+        ``g`` (the engine's FAS right-hand side) is added as the kernel writes the solution:
+        bitwise ``out.add_(g)`` afterwards, without another pass over memory.
+        """
         if self.solver != "rows":
             out.copy_(self.step_batch(u, t_start, t_stop))
+            if g is not None:
+                out.add_(g)
             return
         dt_np, groups, args = self._prepared(t_start, t_stop)
         u_np, out_np = u.detach().numpy(), out.detach().numpy()
+        g_np = None if g is None else g.detach().numpy()
         for index, d, e in groups:
-            tridiagonal.solve_rows(u_np, dt_np, index, d, e, out_np, **args)
+            tridiagonal.solve_rows(u_np, dt_np, index, d, e, out_np, g=g_np, **args)
 
     def step_sequence_into(
         self, u: torch.Tensor, t_start: torch.Tensor, t_stop: torch.Tensor, out: torch.Tensor, g: torch.Tensor | None = None

@@ -43,7 +43,7 @@ TILE = 16
 NO_SOURCE, FULL_SOURCE, SEPARABLE_SOURCE = 0, 1, 2
 
 
-def _solve_rows(u, source, space, time, dts, rows, d, e, out, mode):  # pragma: no cover - compiled
+def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragma: no cover - compiled
     n = u.shape[1]
     count = rows.shape[0]
     w = np.empty((n, TILE))
@@ -94,11 +94,18 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, out, mode):  # pragma: 
                 ei = e[i]
                 for j in range(t):
                     w[i, j] = w[i, j] / di - w[i + 1, j] * ei
-        # the solutions back, row by row (contiguous writes; the tile's rows were all read above)
-        for j in range(t):
-            r = rows[j0 + j]
-            for i in range(n):
-                out[r, i] = w[i, j]
+        # the solutions back, row by row (contiguous writes; the tile's rows were all read above),
+        # plus g if given: one rounding of x + g, as torch's add_ after the solve would give
+        if g.shape[0] > 0:
+            for j in range(t):
+                r = rows[j0 + j]
+                for i in range(n):
+                    out[r, i] = w[i, j] + g[r, i]
+        else:
+            for j in range(t):
+                r = rows[j0 + j]
+                for i in range(n):
+                    out[r, i] = w[i, j]
 
 
 def _solve_chain(u0, source, space, time, dts, d, e, g, out, mode):  # pragma: no cover - compiled
@@ -149,15 +156,18 @@ def solve_rows(
     source: np.ndarray | None = None,
     space: np.ndarray | None = None,
     time: np.ndarray | None = None,
+    g: np.ndarray | None = None,
 ) -> None:
-    """``out[r] = A^{-1} (u[r] + dts[r] * f[r])`` for every ``r`` in ``rows`` (``A = L D L^T``).
+    """``out[r] = A^{-1} (u[r] + dts[r] * f[r]) (+ g[r])`` for every ``r`` in ``rows`` (``A = L D L^T``).
 
     ``u``, ``out``: ``(batch, n)`` float64, any strides (``out`` may be ``u``: each row is read
     completely before it is written).  ``f`` is ``source`` (``(batch, n)``), or ``space[i] *
-    time[r]`` (``(n,)`` and ``(batch,)``), or absent (then ``b = u``).
+    time[r]`` (``(n,)`` and ``(batch,)``), or absent (then ``b = u``).  ``g``: ``(batch, n)``,
+    added as the solution is written (bitwise ``out.add_(g)`` after the solve, without a
+    second pass over ``out``).
     """
     source, space, time, mode = _source_args(source, space, time)
-    _solve_rows(u, source, space, time, dts, rows, d, e, out, mode)
+    _solve_rows(u, source, space, time, dts, rows, d, e, _EMPTY_2D if g is None else g, out, mode)
 
 
 def _source_args(
