@@ -16,6 +16,9 @@ from torchpint.cli.main import main
 from torchpint.run.folder import open_run_folder
 from torchpint.testing.processes import alive, descendants
 
+# one xdist worker runs the whole module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("paranet/test_run_folder.py")
+
 TINY = ["--model", "resnet11-small", "--dataset", "digits", "--image-size", "8", "--max-train", "96",
         "--max-test", "64", "--batch-size", "32", "--balance", "flops", "--no-progress"]  # fmt: skip
 

@@ -4,7 +4,8 @@
 ``python -m torch.distributed.run --nnodes N --nproc-per-node P --rdzv-backend c10d
 --rdzv-endpoint 127.0.0.1:PORT [--max-restarts R] -m torchpint ...``, one intra-op thread per
 process, as two machines would; :func:`finish` waits and returns each agent's exit code, stdout
-and stderr.  Test support only: the library never spawns.
+and stderr.  The agents' output is read as it comes (a thread per pipe), so a test may do other work
+(the same run on local processes, for one) while they run.  Test support only: the library never spawns.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torchpint.run.launch import free_port
@@ -29,6 +30,49 @@ class Agent:
     proc: subprocess.Popen[str]
     stdout: str = ""
     stderr: str = ""
+    _chunks: dict[str, list[str]] = field(default_factory=lambda: {"stdout": [], "stderr": []}, repr=False)
+    _readers: list[threading.Thread] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("stdout", "stderr"):
+            reader = threading.Thread(target=_drain, args=(getattr(self.proc, name), self._chunks[name]), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+
+    def collect(self, timeout: float | None = None) -> tuple[str, str]:
+        """Once the agent has ended: its stdout and stderr (also set as ``stdout``, ``stderr``); read to
+        their ends, or what came within ``timeout`` (a worker that outlives its agent holds them open)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reader in self._readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.stdout, self.stderr = "".join(self._chunks["stdout"]), "".join(self._chunks["stderr"])
+        return self.stdout, self.stderr
+
+
+def _drain(pipe: Any, chunks: list[str]) -> None:
+    """Read ``pipe`` to its end (an agent never blocks on a full pipe while the test does other work)."""
+    with pipe:
+        for line in pipe:
+            chunks.append(line)
+
+
+#: How agents 1, 2, ... run torchrun: started with agent 0, they import it meanwhile, and begin the
+#: rendezvous only once agent 0 serves the endpoint, as the machine named in ``--rdzv-endpoint`` does.
+#: Started together on one host, either agent could bind the endpoint first and host the rendezvous
+#: store; the one that does must outlive the other for torchrun to end cleanly (a test that kills a
+#: rank would otherwise depend on which agent won the race).
+_AFTER_AGENT_0 = """
+import socket, sys, time
+from torch.distributed.run import main
+port, deadline = int(sys.argv[1]), time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.05)
+main(sys.argv[2:])
+"""
 
 
 def agents(command: list[str], *, nnodes: int = 2, nproc_per_node: int = 1, max_restarts: int = 0,
@@ -43,30 +87,14 @@ def agents(command: list[str], *, nnodes: int = 2, nproc_per_node: int = 1, max_
                    **(env or {})}
     started = []
     for node in range(nnodes):
-        argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node",
-                str(nproc_per_node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-                "--node-rank", str(node), "--max-restarts", str(max_restarts), "--monitor-interval", "0.1",
-                "-m", "torchpint", *command]
-        started.append(Agent(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                              env=environment, start_new_session=True)))
-        if node == 0:
-            _wait_for_listener(port, started[0])
+        args = ["--nnodes", str(nnodes), "--nproc-per-node", str(nproc_per_node), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{port}", "--node-rank", str(node), "--max-restarts", str(max_restarts),
+                "--monitor-interval", "0.1", "-m", "torchpint", *command]
+        run = ["-m", "torch.distributed.run"] if node == 0 else ["-c", _AFTER_AGENT_0, str(port)]
+        started.append(Agent(subprocess.Popen([sys.executable, *run, *args], stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, env=environment,
+                                              start_new_session=True)))
     return started
-
-
-def _wait_for_listener(port: int, agent: Agent, timeout: float = 60) -> None:
-    """Until agent 0 serves the rendezvous endpoint, as the machine named in ``--rdzv-endpoint`` does.
-
-    Started together on one host, either agent could bind the endpoint first and host the
-    rendezvous store; the one that does must outlive the other for torchrun to end cleanly
-    (a test that kills a rank would otherwise depend on which agent won the race)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and agent.proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
 
 
 def finish(started: list[Agent], timeout: float = 240) -> list[Agent]:
@@ -78,7 +106,8 @@ def finish(started: list[Agent], timeout: float = 240) -> list[Agent]:
     deadline = time.monotonic() + timeout
     try:
         for agent in started:
-            agent.stdout, agent.stderr = agent.proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            agent.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            agent.collect(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         report = []
         for node, agent in enumerate(started):
@@ -86,7 +115,8 @@ def finish(started: list[Agent], timeout: float = 240) -> list[Agent]:
                 os.killpg(agent.proc.pid, signal.SIGKILL)  # the agent and the workers it started
             except ProcessLookupError:
                 pass
-            out, err = agent.proc.communicate()
+            agent.proc.wait()
+            out, err = agent.collect(timeout=10)
             report.append(f"--- agent {node} (exit {agent.proc.returncode}) stdout:\n{(out or '')[-3000:]}\n"
                           f"--- agent {node} stderr:\n{(err or '')[-3000:]}")
         raise AssertionError(f"torchrun agents still running after {timeout:.0f} s; killed.\n" + "\n".join(report)) from None
