@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import torchpint
+from torchpint.testing.processes import isolated_port
 
 launch = importlib.import_module("torchpint.run.launch")  # the module (torchpint.run.launch is also a function)
 
@@ -22,6 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # processes forked from that server, as the library starts them.
 launch._PRELOAD = [*launch._PRELOAD, "torch._dynamo", "matplotlib.pyplot",
                    *(m.name for m in pkgutil.walk_packages(torchpint.__path__, "torchpint.") if m.name != "torchpint.__main__")]
+
+# Local workers' process groups take their port from this xdist worker's own range (see
+# isolated_port): with two xdist workers, the other one's jobs must not be given the same port.
+launch.free_port = isolated_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +23,9 @@ from typing import Any
 
 from torchpint.run.launch import free_port
 
-__all__ = ["Agent", "agents", "alive", "descendants", "finish", "json_result"]
+_next_port: dict[int, int] = {}
+
+__all__ = ["Agent", "agents", "alive", "descendants", "finish", "json_result", "isolated_port"]
 
 
 @dataclass
@@ -75,6 +78,34 @@ main(sys.argv[2:])
 """
 
 
+def isolated_port() -> int:
+    """A free port for a test's rendezvous or process group that no concurrent test can be given.
+
+    :func:`torchpint.run.launch.free_port` asks the kernel for a free ephemeral port and releases
+    it; until the job binds it (an agent first imports torch), any outgoing connection, or another
+    pytest-xdist worker's ``free_port``, may be given the same port.  Here each xdist worker takes
+    its ports from a range of its own below the ephemeral range (32768 and up), which neither the
+    kernel's choices nor the other workers touch; a port still bound (or in TIME_WAIT) is skipped.
+    Outside xdist, or beyond 8 workers, it falls back to ``free_port``.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else -1
+    if not 0 <= index < 8:
+        return free_port()
+    low, size = 20000 + 1500 * index, 1500
+    start = _next_port.get(index, low + os.getpid() % size)
+    for step in range(size):
+        port = low + (start - low + step) % size
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_port[index] = low + (port - low + 1) % size
+        return port
+    return free_port()
+
+
 def agents(command: list[str], *, nnodes: int = 2, nproc_per_node: int = 1, max_restarts: int = 0,
            env: dict[str, str] | None = None) -> list[Agent]:
     """Start ``nnodes`` torchrun agents of ``torchpint <command>`` on 127.0.0.1 (c10d rendezvous).
@@ -82,7 +113,7 @@ def agents(command: list[str], *, nnodes: int = 2, nproc_per_node: int = 1, max_
     Each agent leads a process group of its own (its workers included), so :func:`finish` can
     take a hung job down whole.
     """
-    port = free_port()
+    port = isolated_port()
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHPINT_BACKEND": "gloo", "PYTHONUNBUFFERED": "1",
                    **(env or {})}
     started = []
