@@ -18,7 +18,10 @@ import torch
 from torchpint.cli.main import main
 from torchpint.testing.processes import agents, alive, descendants, finish, json_result
 
-TINY = ["--model", "resnet11-small", "--dataset", "digits", "--image-size", "8", "--max-train", "96",
+# Seeded random images (the synthetic set): what these tests check does not depend on the data, and each
+# torchrun worker is a fresh interpreter, which would spend ~2 s of CPU importing scikit-learn for the
+# digits (tests/paranet trains on the digits, on local processes and under the CLI).
+TINY = ["--model", "resnet11-small", "--dataset", "synthetic", "--image-size", "8", "--max-train", "96",
         "--max-test", "64", "--batch-size", "32", "--balance", "flops", "--no-progress"]  # fmt: skip
 
 pytestmark = pytest.mark.slow
