@@ -59,6 +59,7 @@ def test_nan_is_reported_with_its_iteration(capsys) -> None:
     assert "not finite" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_parallel_run_matches_serial_through_the_cli() -> None:
     serial = run_cli("solve", "heat1d", "--levels", "3", "--json")
     parallel = run_cli("solve", "heat1d", "--levels", "3", "--json", "--nproc", "2")
@@ -67,6 +68,7 @@ def test_parallel_run_matches_serial_through_the_cli() -> None:
     assert a["residuals"] == pytest.approx(b["residuals"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_dead_worker_stops_the_run_within_seconds() -> None:
     start = time.monotonic()
     proc = run_cli("solve", "heat1d", "--nt", "1025", "--levels", "4", "--tol", "0", "--max-iter", "50",

@@ -8,6 +8,9 @@ import torch
 from torchpint.cli.solve import SolveConfig, solve_many
 from torchpint.run.launch import WorkerError, run_workers
 
+# one xdist worker runs the whole module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("engine/test_distributed.py")
+
 CONFIGS = [
     # PyMGRIT-parity set "a" (2 levels, F-relaxation) and a 4-level nested F-cycle.
     SolveConfig(problem="heat1d", nt=65, nx=33, levels=2, cf=[2], relax="F", nested=False, tol=1e-10, max_iter=10),

@@ -31,11 +31,13 @@ def test_every_example_is_tested() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+@pytest.mark.slow
 def test_engine_own_problem() -> None:
     out = run_example("engine_own_problem.py")
     assert number(r"max difference to MGRIT (\S+)", out) < 1e-8
 
 
+@pytest.mark.slow
 def test_paranet_own_model() -> None:
     out = run_example("paranet_own_model.py")
     assert number(r"K = N: largest difference from the original network (\S+)", out) < 1e-5
@@ -45,6 +47,7 @@ def test_paranet_own_model() -> None:
     assert number(r"epoch 2: .* test accuracy (\S+)", out) >= 0.9
 
 
+@pytest.mark.slow
 def test_mgrit_train_own_module() -> None:
     out = run_example("mgrit_train_own_module.py")
     assert "converged True" in out

@@ -17,6 +17,7 @@ def last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_train_writes_metrics_plot_model_and_matches_serial(capfd, tmp_path, nproc) -> None:
     assert main([*TINY, "--nproc", str(nproc), "--out", str(tmp_path)]) == 0
@@ -39,6 +40,7 @@ def test_train_writes_metrics_plot_model_and_matches_serial(capfd, tmp_path, npr
     assert any(k.startswith("layers.7.") for k in model) and any(k.startswith("closing.") for k in model)
 
 
+@pytest.mark.slow
 def test_layers_x_data_parallel_training_matches_serial(capsys, tmp_path) -> None:
     """2 layer ranks x 2 data groups: each group trains on half of every batch; the whole-batch gradients
     (one all-reduce per step) keep the copies identical and equal to serial training.  Resumed for a

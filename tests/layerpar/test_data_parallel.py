@@ -52,6 +52,7 @@ def test_batch_shards() -> None:
         batch_shard(torch.zeros(2, 3), DataRank(0, 3))
 
 
+@pytest.mark.slow
 def test_layers_x_data_equals_the_serial_whole_batch() -> None:
     ranks = run_workers(layer_data_gradients, 4, (CASES, 2), timeout_s=240)
     for c, case in enumerate(CASES):

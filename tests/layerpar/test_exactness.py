@@ -19,6 +19,9 @@ from torchpint.testing.layer_parallel import (
     serial_gradients,
 )
 
+# one xdist worker runs the whole module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("layerpar/test_exactness.py")
+
 CASES = [
     # exact: one level (the serial pass), MLP and conv step layers
     CheckCase(layers=6, levels=1),

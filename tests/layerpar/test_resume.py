@@ -16,6 +16,9 @@ import torch
 from torchpint.cli.main import main
 from torchpint.run import open_run_folder
 
+# one xdist worker runs the whole module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("layerpar/test_resume.py")
+
 TINY = ["layer-parallel", "train", "--arch", "mlp", "--width", "6", "--layers", "8", "--levels", "2", "--cf", "2",
         "--batch", "256", "--no-progress", "--no-serial", "--json"]
 

@@ -134,6 +134,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, capsys) -> Non
     assert latest(out).index == 1
 
 
+@pytest.mark.slow
 def test_distributed_run_killed_worker_and_resume(tmp_path, capfd) -> None:
     """2 processes: a worker killed mid-epoch stops the run within seconds; --resume finishes it.
 
@@ -160,6 +161,7 @@ def test_distributed_run_killed_worker_and_resume(tmp_path, capfd) -> None:
     assert parts == ["part0.pt", "part1.pt"]
 
 
+@pytest.mark.slow
 def test_data_parallel_replicas_train_and_checkpoint_once(tmp_path, capsys) -> None:
     """``--replicas 2``: 2 x 2 processes (nproc derived); replica 0 writes the checkpoint, one part per sub-network."""
     out = tmp_path / "run"

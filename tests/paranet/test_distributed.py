@@ -79,6 +79,7 @@ def test_gradients_equal_one_process(nproc) -> None:
         _compare(ref, got, spec.dtype)
 
 
+@pytest.mark.slow
 def test_workers_step_right_after_their_backward() -> None:
     """``hub(x, lr=...)``: each worker takes its SGD step inside the pass; the result is one-process SGD."""
     spec = GradientSpec(subnets=3, iterations=1, **F64)
@@ -97,6 +98,7 @@ def test_workers_step_right_after_their_backward() -> None:
     assert moved > len(ref) // 2  # the step really changed the weights, workers' included
 
 
+@pytest.mark.slow
 def test_data_parallel_replicas_equal_one_process_on_the_whole_batch() -> None:
     """World = N x R = 2 x 2: each replica takes half the batch, averages gradients with the other.
 

@@ -78,6 +78,7 @@ def test_accumulated_step_equals_the_whole_batch_step(tmp_path) -> None:
         assert history[0]["test_loss"] == pytest.approx(ref_history[0]["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_distributed_micro_batches_equal_one_process(tmp_path, capsys) -> None:
     """``--nproc 2 --micro-batches 2`` (BatchNorm over each piece on both sides) ends where one process does.
 
@@ -97,6 +98,7 @@ def test_distributed_micro_batches_equal_one_process(tmp_path, capsys) -> None:
     _assert_same(state_one, state_dist, 1e-4)
 
 
+@pytest.mark.slow
 def test_replicas_with_micro_batches_equal_the_whole_batch(tmp_path) -> None:
     """2 x 2 processes, M = 2, batches of 31: shards of 16 and 15, pieces of 8, 8 and 8, 7 (MLP, no BatchNorm).
 

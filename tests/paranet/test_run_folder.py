@@ -16,6 +16,9 @@ from torchpint.cli.main import main
 from torchpint.run.folder import open_run_folder
 from torchpint.testing.processes import alive, descendants
 
+# one xdist worker runs the whole module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("paranet/test_run_folder.py")
+
 TINY = ["--model", "resnet11-small", "--dataset", "digits", "--image-size", "8", "--max-train", "96",
         "--max-test", "64", "--batch-size", "32", "--balance", "flops", "--no-progress"]  # fmt: skip
 
@@ -114,7 +117,10 @@ def test_resume_of_a_missing_folder_and_a_folder_in_use_are_refused(two_epochs, 
 
 def test_sigterm_to_the_launcher_stops_every_worker_within_2_s(tmp_path) -> None:
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "torchpint", "paranet", "train", *TINY, "--epochs", "50", "--nproc", "2",
+    # on the seeded synthetic images: the launcher and both workers are fresh interpreters, which would
+    # spend ~2 s of CPU each importing scikit-learn for the digits; the stop does not depend on the data
+    synthetic = [("synthetic" if arg == "digits" else arg) for arg in TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "torchpint", "paranet", "train", *synthetic, "--epochs", "50", "--nproc", "2",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in proc.stdout:  # training has begun on both processes

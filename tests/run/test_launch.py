@@ -78,6 +78,7 @@ def _start_workers(tmp_path) -> tuple[subprocess.Popen, list[int]]:
     return proc, [int(m.name.split("-")[1]) for m in marks]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_signal_to_the_launcher_stops_every_worker_within_2_s(tmp_path, sig) -> None:
     proc, pids = _start_workers(tmp_path)

@@ -21,6 +21,7 @@ print(run_workers(solve_worker, 2, (SolveConfig(problem="dahlquist", verbose=Fal
 """
 
 
+@pytest.mark.slow
 def test_a_script_without_the_main_guard_gets_one_clear_error(tmp_path: Path) -> None:
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED)

@@ -18,7 +18,10 @@ import torch
 from torchpint.cli.main import main
 from torchpint.testing.processes import agents, alive, descendants, finish, json_result
 
-TINY = ["--model", "resnet11-small", "--dataset", "digits", "--image-size", "8", "--max-train", "96",
+# Seeded random images (the synthetic set): what these tests check does not depend on the data, and each
+# torchrun worker is a fresh interpreter, which would spend ~2 s of CPU importing scikit-learn for the
+# digits (tests/paranet trains on the digits, on local processes and under the CLI).
+TINY = ["--model", "resnet11-small", "--dataset", "synthetic", "--image-size", "8", "--max-train", "96",
         "--max-test", "64", "--batch-size", "32", "--balance", "flops", "--no-progress"]  # fmt: skip
 
 pytestmark = pytest.mark.slow
@@ -34,12 +37,21 @@ def _local_json(capsys, argv: list[str]) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def _agents_and_local(capsys, command: list[str], local_argv: list[str], **options) -> tuple[list, dict]:
+    """The torchrun agents of ``command`` and, while they run, ``local_argv`` in this process: both results."""
+    started = agents(command, **options)
+    try:
+        local = _local_json(capsys, local_argv)
+    finally:
+        run = finish(started)
+    return run, local
+
+
 def test_solve_on_two_agents_equals_two_local_processes(capsys) -> None:
     command = ["solve", "heat1d", "--levels", "3", "--json"]
-    run = finish(agents(command))
+    run, local = _agents_and_local(capsys, command, [*command, "--nproc", "2"])
     assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-2000:]
     remote = json_result(run)
-    local = _local_json(capsys, [*command, "--nproc", "2"])
     assert remote["world_size"] == local["world_size"] == 2
     assert remote["iterations"] == local["iterations"]
     assert remote["residuals"] == pytest.approx(local["residuals"], rel=1e-12, abs=0)
@@ -47,11 +59,11 @@ def test_solve_on_two_agents_equals_two_local_processes(capsys) -> None:
 
 def test_mgrit_train_on_two_agents_equals_two_local_processes(tmp_path, capsys) -> None:
     command = ["mgrit-train", "xor", "--steps", "40", "--cycle", "V", "--no-predict", "--json"]
-    run = finish(agents([*command, "--out", str(tmp_path / "agents")]))
+    run, local = _agents_and_local(capsys, [*command, "--out", str(tmp_path / "agents")],
+                                   [*command, "--nproc", "2", "--out", str(tmp_path / "local")])
     assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-2000:] + run[1].stderr[-2000:]
     assert "MGRIT" not in run[1].stdout  # rank 0 reports, once
     remote = json_result(run)
-    local = _local_json(capsys, [*command, "--nproc", "2", "--out", str(tmp_path / "local")])
     assert remote["world_size"] == local["world_size"] == 2
     assert remote["iterations"] == local["iterations"]
     assert remote["residuals"] == pytest.approx(local["residuals"], rel=1e-12)
@@ -63,11 +75,11 @@ def test_mgrit_train_on_two_agents_equals_two_local_processes(tmp_path, capsys) 
 def test_layer_parallel_train_on_two_agents_equals_two_local_processes(tmp_path, capsys) -> None:
     command = ["layer-parallel", "train", "--arch", "mlp", "--width", "6", "--layers", "8", "--levels", "2", "--cf",
                "2", "--batch", "256", "--epochs", "1", "--no-progress", "--no-serial", "--json"]
-    run = finish(agents([*command, "--out", str(tmp_path / "agents")]))
+    run, local = _agents_and_local(capsys, [*command, "--out", str(tmp_path / "agents")],
+                                   [*command, "--nproc", "2", "--out", str(tmp_path / "local")])
     assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-2000:] + run[1].stderr[-2000:]
     assert "[layer-parallel] epoch" not in run[1].stdout  # rank 0 reports, once
     remote = json_result(run)
-    local = _local_json(capsys, [*command, "--nproc", "2", "--out", str(tmp_path / "local")])
     assert remote["world_size"] == local["world_size"] == 2
     assert remote["final_loss"] == pytest.approx(local["final_loss"], rel=1e-6)
     ours, theirs = (json.loads((tmp_path / name / "metrics.json").read_text())["batch_losses"]
@@ -77,14 +89,14 @@ def test_layer_parallel_train_on_two_agents_equals_two_local_processes(tmp_path,
 
 def test_paranet_on_two_agents_with_an_elastic_restart_ends_as_the_uninterrupted_run(tmp_path, capsys) -> None:
     """Rank 1 is SIGKILLed in epoch 2; torchrun restarts both agents' workers, which resume from epoch 1."""
-    run = finish(agents(["paranet", "train", *TINY, "--epochs", "2", "--out", str(tmp_path / "agents"), "--json",
-                         "--inject-fault", "kill:2:2:1"], max_restarts=1))
+    run, local = _agents_and_local(capsys, ["paranet", "train", *TINY, "--epochs", "2", "--out", str(tmp_path / "agents"),
+                                            "--json", "--inject-fault", "kill:2:2:1"],
+                                   ["paranet", "train", *TINY, "--epochs", "2", "--nproc", "2", "--json",
+                                    "--out", str(tmp_path / "local")], max_restarts=1)
     assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-3000:] + run[1].stderr[-3000:]
     out = "".join(a.stdout for a in run)
     assert "resumed from" in out and "epoch_0001 (epoch 1 of 2)" in out, out
     remote = json_result(run)
-    local = _local_json(capsys, ["paranet", "train", *TINY, "--epochs", "2", "--nproc", "2", "--json",
-                                 "--out", str(tmp_path / "local")])
     assert remote["world_size"] == local["world_size"] == 2
     history = [json.loads((tmp_path / name / "metrics.json").read_text())["runs"]["paranet"]["history"]
                for name in ("agents", "local")]
@@ -97,10 +109,10 @@ def test_paranet_on_two_agents_with_an_elastic_restart_ends_as_the_uninterrupted
 
 def test_paranet_replicas_on_two_agents_of_two_processes(tmp_path, capsys) -> None:
     command = ["paranet", "train", *TINY, "--epochs", "1", "--json"]
-    run = finish(agents([*command, "--replicas", "2", "--out", str(tmp_path / "agents")], nproc_per_node=2))
+    run, local = _agents_and_local(capsys, [*command, "--replicas", "2", "--out", str(tmp_path / "agents")],
+                                   [*command, "--replicas", "2", "--out", str(tmp_path / "local")], nproc_per_node=2)
     assert [a.proc.returncode for a in run] == [0, 0], run[0].stderr[-3000:]
     remote = json_result(run)
-    local = _local_json(capsys, [*command, "--replicas", "2", "--out", str(tmp_path / "local")])
     assert remote["world_size"] == local["world_size"] == 4
     assert remote["final_loss"] == pytest.approx(local["final_loss"], rel=1e-6)
     assert remote["test_accuracy"] == local["test_accuracy"]

@@ -40,6 +40,7 @@ def test_paper_table(capsys, tmp_path) -> None:
     assert plot.exists()
 
 
+@pytest.mark.slow
 def test_two_processes(capsys) -> None:
     args = ["mgrit-train", "xor", "--steps", "64", "--cycle", "F", "--nproc", "2", "--no-predict", "--json"]
     assert main(args) == 0

@@ -9,6 +9,9 @@ from torchpint.training import SGD, BatchSchedule, MGRITOptions, TaskSpec, Train
 from torchpint.testing.training import assert_same_solve, train_many, unpack
 from torchpint.training.tasks import cross_entropy
 
+# one xdist worker runs the whole module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("training/test_distributed.py")
+
 
 def jobs():
     # XOR F-cycle on N = 101 (levels end with partial C-intervals; ranks owning no coarse point)

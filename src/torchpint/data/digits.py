@@ -11,8 +11,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits as _sk_load_digits
-from sklearn.model_selection import train_test_split
 
 from torchpint.data.base import DatasetError, Datasets, make_datasets
 
@@ -44,6 +42,11 @@ def load_digits(
         raise DatasetError(f"digits: resize must be 'pad' or 'bilinear', got {resize!r}")
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
+    # scikit-learn (and scipy.stats below it) takes ~2 s of CPU to import: only when the digits load,
+    # not in every `torchpint` process (the CLI's parser imports this module for every command)
+    from sklearn.datasets import load_digits as _sk_load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = _sk_load_digits()
     images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)
     labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
