@@ -126,3 +126,30 @@ def test_an_unknown_transport_is_a_config_error() -> None:
         default_comm("carrier pigeon")
     for message in run_workers(_unknown_transport, 2):
         assert message == "transport must be one of auto, shm, gloo, got 'carrier pigeon'"
+
+
+def _without_space(transport: str) -> str:
+    """Rank 1's /dev/shm is full: every rank must learn it and fall back (or refuse) alike."""
+    import os
+
+    import torch.distributed as dist
+
+    real = os.posix_fallocate
+    if dist.get_rank() == 1:
+        def full(fd: int, offset: int, length: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        os.posix_fallocate = full
+    try:
+        return type(make_comm(None, transport)).__name__
+    except ConfigError as error:
+        return str(error)
+    finally:
+        os.posix_fallocate = real
+
+
+def test_a_full_dev_shm_falls_back_to_gloo_on_every_rank() -> None:
+    assert run_workers(_without_space, 2, ("auto",)) == ["DistComm", "DistComm"]
+    for message in run_workers(_without_space, 2, ("shm",)):
+        assert message.startswith("transport 'shm' is not possible: the rings could not be made in /dev/shm")
+        assert "rank 1: [Errno 28] No space left on device" in message

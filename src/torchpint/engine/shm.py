@@ -49,10 +49,12 @@ _HEADER = 32  # bytes: payload size, tag, kind, unused
 _INLINE, _SKIP, _VIA_GLOO = 0, 1, 2
 _SUM_TAG = -1
 _SHM_DIR = "/dev/shm"
-# Per-channel ring size: 4 MiB, less when there are many ranks (all pairs have a ring).
-_MAX_RING = 4 << 20
-_MIN_RING = 256 << 10
-_RING_BUDGET = 64 << 20
+# Per-channel ring size: 1 MiB (some 30 halo messages of nx 2049, which are read as they come),
+# less when there are many ranks (all pairs have a ring): /dev/shm is often small (64 MiB in a
+# default container), and every comm holds its rings until it is freed.
+_MAX_RING = 1 << 20
+_MIN_RING = 128 << 10
+_RING_BUDGET = 16 << 20
 # Waiting: spin this long, then yield the core, then sleep in growing steps up to the cap.
 _SPIN_S = 50e-6
 _YIELD_S = 1e-3
@@ -78,6 +80,9 @@ class _Ring:
         try:
             if create:
                 os.ftruncate(fd, size)
+                # Reserve the pages now: a full /dev/shm is then an OSError here, not a SIGBUS
+                # at the first write into a page that cannot be had.
+                os.posix_fallocate(fd, 0, size)
             # Populated now, at set-up: a page touched first inside a solve costs a page fault there.
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             self._map = mmap.mmap(fd, size, flags=flags)
@@ -140,6 +145,10 @@ class _Queued:
     kind: int
 
 
+class SharedMemoryUnavailable(RuntimeError):
+    """The rings could not be set up (raised on every rank alike, so all can fall back together)."""
+
+
 class SharedMemoryPendingRecv:
     """A receive posted with ``irecv``: nothing to post with shared memory; ``wait()`` receives."""
 
@@ -181,10 +190,18 @@ class SharedMemoryComm(DistComm):
         self._inbox: dict[int, _Ring] = {}
         self._outbox: dict[int, _Ring] = {}
         try:
-            for src in range(size):
-                if src != self.rank:
-                    self._inbox[src] = _Ring(path(src, self.rank), ring_bytes, create=True)
-            dist.barrier(group=group)
+            problem = ""
+            try:
+                for src in range(size):
+                    if src != self.rank:
+                        self._inbox[src] = _Ring(path(src, self.rank), ring_bytes, create=True)
+            except OSError as error:  # e.g. /dev/shm full: every rank learns it and gives up alike
+                problem = f"rank {self.rank}: {error}"
+            problems: list[object] = [None] * size
+            dist.all_gather_object(problems, problem, group=group)  # also the barrier before opening
+            if any(problems):
+                self._inbox.clear()
+                raise SharedMemoryUnavailable("; ".join(str(p) for p in problems if p))
             for dst in range(size):
                 if dst != self.rank:
                     self._outbox[dst] = _Ring(path(self.rank, dst), ring_bytes, create=False)
@@ -423,9 +440,12 @@ def make_comm(group: dist.ProcessGroup | None = None, transport: str = "auto") -
     dist.all_gather_object(facts, (_machine(), _shm_usable()), group=group)
     one_machine = all(f[0] == facts[0][0] for f in facts)  # type: ignore[index]
     usable = all(f[1] for f in facts)  # type: ignore[index]
+    why = "the ranks are on different machines" if not one_machine else "shared memory is not usable here (x86-64 with /dev/shm only)"
     if one_machine and usable:
-        return SharedMemoryComm(group)
+        try:
+            return SharedMemoryComm(group)
+        except SharedMemoryUnavailable as error:
+            why = f"the rings could not be made in {_SHM_DIR} ({error})"
     if transport == "shm":
-        why = "the ranks are on different machines" if not one_machine else "shared memory is not usable here (x86-64 with /dev/shm only)"
         raise ConfigError(f"transport 'shm' is not possible: {why}")
     return DistComm(group)
