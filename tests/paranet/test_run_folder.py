@@ -133,7 +133,8 @@ def test_sigterm_to_the_launcher_stops_every_worker_within_2_s(tmp_path) -> None
     while any(alive(p) for p in workers) and time.monotonic() - start < 5:
         time.sleep(0.05)
     assert not any(alive(p) for p in workers), "orphaned workers"
-    assert time.monotonic() - start < 2.0
+    # 2 s on a machine with a core per process; as tests/run/test_launch.py, stretched when it is oversubscribed
+    assert time.monotonic() - start < 2.0 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
     err = proc.stderr.read()
     assert "stopped by SIGTERM" in err and "Traceback" not in err, err
