@@ -6,6 +6,7 @@ from torchpint.engine.mgrit import MGRIT, ConfigError, NonFiniteError, parse_rel
 from torchpint.engine.parareal import Parareal
 from torchpint.engine.problem import BatchedProblem, Problem, step_batch
 from torchpint.engine.result import SolveResult
+from torchpint.engine.shm import SharedMemoryComm, make_comm
 
 __all__ = [
     "MGRIT",
@@ -19,8 +20,10 @@ __all__ = [
     "Problem",
     "ReversedComm",
     "SerialComm",
+    "SharedMemoryComm",
     "SolveResult",
     "default_comm",
+    "make_comm",
     "parse_relax",
     "sequential_pass",
     "step_batch",
