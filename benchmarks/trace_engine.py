@@ -63,7 +63,6 @@ def traced_solve(case: str, transport_name: str = "auto") -> dict[str, Any]:
         shm.SharedMemoryComm.irecv = wrap("msg: post receive", shm.SharedMemoryComm.irecv)
         shm.SharedMemoryComm.send = wrap("msg: send", shm.SharedMemoryComm.send)
         shm.SharedMemoryComm.sum = wrap("msg: all-reduce", shm.SharedMemoryComm.sum)
-        shm.SharedMemoryPendingRecv.wait = wrap("msg: wait for receive", shm.SharedMemoryPendingRecv.wait)
         # recv is what wait calls: wrapped for the blocking receives only
         plain_recv = shm.SharedMemoryComm.recv
         shm.SharedMemoryComm.recv = wrap("msg: blocking receive", plain_recv)

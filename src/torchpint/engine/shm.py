@@ -261,7 +261,7 @@ class SharedMemoryComm(DistComm):
         return empty
 
     def wait_sends(self) -> None:
-        self._wait(lambda: self._push(), "its peers to read its messages", None)
+        self._flushed()
         for work in self._gloo_sends:
             work.wait()
         self._gloo_sends.clear()
@@ -394,7 +394,8 @@ class SharedMemoryComm(DistComm):
         return total.to(value.device)
 
     def _flushed(self) -> None:
-        self._wait(lambda: self._push(), "its peers to read its messages", None)
+        """Wait until every queued record is in its ring (the gloo collectives must not overtake them)."""
+        self._wait(self._push, "its peers to read its messages", None)
 
     def broadcast(self, value: torch.Tensor | None, root: int = 0) -> torch.Tensor:
         self._flushed()
