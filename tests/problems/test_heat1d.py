@@ -111,3 +111,51 @@ def test_cached_batch_notices_a_changed_time_grid() -> None:
     t1 += 0.05  # same tensor, new values (and a new step size)
     fast.step_batch_into(u, t0, t1, out)
     assert torch.equal(out, lapack.step_batch(u, t0, t1))
+
+
+@pytest.mark.parametrize("rhs", [default_rhs(0.7), full_source, None], ids=["separable", "full", "none"])
+@pytest.mark.parametrize("npts", [1, 3, 4, 9, 64, 69, 71], ids=lambda n: f"npts{n}")
+def test_step_intervals_is_bitwise_steps_offset_by_offset(rhs, npts) -> None:
+    """The fused F-relaxation: every F-point a pttrs step of the point before it, plus g.
+
+    Full and partial tiles (16 intervals), a last interval cut short, with and without g.
+    """
+    m = 4
+    fast = Heat1D(0.0, 2.0, 67, 0.7, rhs=rhs, solver="rows")
+    lapack = Heat1D(0.0, 2.0, 67, 0.7, rhs=rhs, solver="lapack")
+    gen = torch.Generator().manual_seed(npts)
+    start = torch.randn(npts, 65, dtype=torch.float64, generator=gen)
+    t = torch.arange(npts, dtype=torch.float64) / 64 + 0.25  # one step size (dyadic)
+    for g in (None, torch.randn(npts, 65, dtype=torch.float64, generator=gen)):
+        expected = start.clone()
+        for p in range(1, npts):
+            if p % m:
+                expected[p] = lapack.step(expected[p - 1], float(t[p - 1]), float(t[p]))
+                if g is not None:
+                    expected[p] += g[p]
+        got = start.clone()
+        assert fast.step_intervals_into(got, t, m, g) is (npts > 1)
+        assert torch.equal(got, expected)
+    # steps of different sizes (as linspace's rounding gives): declined, nothing touched
+    if npts > 2:
+        uneven = t.clone()
+        uneven[2:] += 2.0**-40
+        got = start.clone()
+        assert not fast.step_intervals_into(got, uneven, m)
+        assert torch.equal(got, start)
+    assert not lapack.step_intervals_into(start.clone(), t, m)
+
+
+@pytest.mark.parametrize("t_stop, nt", [(2.0, 257), (3.3, 257)], ids=["one-dt", "rounded-dts"])
+def test_mgrit_with_fused_f_relaxation_is_bitwise_per_offset(t_stop, nt, monkeypatch) -> None:
+    """The engine's F-relaxation through step_intervals_into gives the per-offset solve's history and solution."""
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(Heat1D, "step_intervals_into", lambda self, *args: False)
+        problem = Heat1D(0.0, 2.0, 33, 1.0, rhs=default_rhs(1.0))
+        mgrit = MGRIT(problem, time_grid(0.0, t_stop, nt), levels=3, cf=4, nested=True, tol=1e-12, max_iter=8)
+        results.append(mgrit.solve())
+    assert results[0].residuals == results[1].residuals
+    assert results[0].steps_per_level == results[1].steps_per_level
+    assert torch.equal(results[0].u, results[1].u)

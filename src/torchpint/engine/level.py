@@ -44,6 +44,8 @@ class Level:
     # (first, count, stride) -> the step's (t_start, t_stop): the same batches recur every
     # iteration, and handing the problem the same tensors saves two slicing ops per step.
     _times: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    # (first, npts) -> the times of a run of C-intervals (relax_intervals), cached likewise
+    _runs: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ stepping
     def _slices(self, first: int, count: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +96,34 @@ class Level:
         self.steps_taken += count
         with self.timer.phase("step"):
             sequence(u, t0, t1, out, g)
+
+    def relax_intervals(self, first: int, npts: int) -> None:
+        """F-relax the C-intervals that start at local point ``first`` (a C-point) and run through ``npts`` points.
+
+        One call of the problem's ``step_intervals_into`` when it has one (and takes this run),
+        else one batched step per offset inside the intervals, each a strided view of ``u``.
+        """
+        m = self.layout.m
+        assert self.u is not None and m is not None
+        fused = getattr(self.problem, "step_intervals_into", None)
+        if fused is not None and isinstance(self.u, torch.Tensor):
+            t = self._runs.get((first, npts))
+            if t is None:  # the same tensor every iteration, as _slices
+                lo = self.layout.lo
+                t = self._runs[(first, npts)] = self.layout.t[lo + first : lo + first + npts]
+            g = None if self.g is None else self.g[first : first + npts]
+            with self.timer.phase("step"):
+                done = fused(self.u[first : first + npts], t, m, g)
+            if done:
+                self.steps_taken += npts - -(-npts // m)
+                return
+        lo, stop = self.layout.lo, first + npts
+        for j in range(1, m):
+            count = len(range(first + j, stop, m))
+            if count == 0:
+                break
+            prev = take(self.u, slice(first + j - 1, first + j - 1 + count * m, m))
+            self.phi_plus_g(prev, lo + first + j - 1, count, m, out=take(self.u, slice(first + j, stop, m)))
 
     def stored_states(self) -> int:
         """How many states this level holds on this rank (``u`` and ``g``)."""

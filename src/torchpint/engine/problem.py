@@ -18,6 +18,13 @@ Optional additions, both used by the engine when present:
   one state ``u``: ``out[k] = step(out[k-1], t_start[k], t_stop[k]) (+ g[k])`` with ``out[-1] =
   u`` (``out`` and ``g`` stacked, ``count`` points).  The coarsest level's sequential solve is
   then one call instead of a Python round trip per point (tensor states only).
+* ``step_intervals_into(u, t, m, g=None) -> bool``: the F-relaxation of a run of C-intervals
+  in place: ``u`` (stacked, tensor states) holds consecutive points whose every ``m``-th,
+  starting with the first, is a C-point (the last interval may be cut short), ``t`` their
+  times; every other point ``p`` becomes ``step(u[p-1], t[p-1], t[p]) (+ g[p])``, in order.
+  One call instead of one batched step per offset, so a problem can keep each interval's
+  state where it is between its steps.  Returns False, touching nothing, when it cannot
+  (e.g. steps of different sizes): the engine then steps offset by offset.
 * ``initial_value()``: the state at ``t_start``, used when ``solve()`` is given none.
 
 A solver accepts one problem for every level (the coarse levels then use the same stepper

@@ -44,13 +44,8 @@ def f_relax(level: Level) -> None:
 
     with level.timer.phase("f_relax"):
         if fc < n:
-            # Intervals that start here: offset j of every interval is one strided slice.
-            for j in range(1, m):
-                count = len(range(fc + j, n, m))
-                if count == 0:
-                    break
-                prev = take(u, slice(fc + j - 1, fc + j - 1 + count * m, m))
-                level.phi_plus_g(prev, lo + fc + j - 1, count, m, out=take(u, slice(fc + j, n, m)))
+            # Intervals that start here: one call, or a batched step per offset (a strided slice).
+            level.relax_intervals(fc, n - fc)
             level.send_last(u, needs)  # our last interval may continue on the next rank
         if leading > 0:
             # The tail of an interval that began on an earlier rank: wait for its last point.

@@ -56,8 +56,13 @@ _MAX_RING = 1 << 20
 _MIN_RING = 128 << 10
 _RING_BUDGET = 16 << 20
 # Waiting: spin this long, then yield the core, then sleep in growing steps up to the cap.
+# Yielding wakes within microseconds but keeps the core busy; sleeping frees it but wakes up
+# to a nap late.  With a core per rank nobody else wants the core: yield for longer (a rank
+# waits about 1.5 ms per iteration at the convergence sum of a 2-rank solve, and a late wake
+# there delays the next iteration's halos for the other rank too).
 _SPIN_S = 50e-6
 _YIELD_S = 1e-3
+_YIELD_OWN_CORE_S = 20e-3
 _SLEEP_CAP_S = 200e-6
 _LIVENESS_EVERY_S = 1.0
 
@@ -214,6 +219,7 @@ class SharedMemoryComm(DistComm):
                         os.unlink(path(src, self.rank))
                     except FileNotFoundError:
                         pass
+        self._yield_s = _YIELD_OWN_CORE_S if size <= _usable_cores() else _YIELD_S
         self._queues: dict[int, deque[_Queued]] = {dst: deque() for dst in self._outbox}
         self._stash: dict[tuple[int, int], deque[torch.Tensor]] = {}
         self._gloo_sends: list[dist.Work] = []
@@ -332,7 +338,7 @@ class SharedMemoryComm(DistComm):
             if now - start < _SPIN_S:
                 continue
             self._relieve()
-            if now - start < _YIELD_S:
+            if now - start < self._yield_s:
                 os.sched_yield()
             else:
                 time.sleep(nap)  # releases the GIL: a heartbeat thread keeps running
@@ -408,6 +414,13 @@ class SharedMemoryComm(DistComm):
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
         self._flushed()
         return super().all_gather_sizes(local)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def _machine() -> tuple[str, str]:

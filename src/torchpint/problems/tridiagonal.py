@@ -46,6 +46,12 @@ NO_SOURCE, FULL_SOURCE, SEPARABLE_SOURCE = 0, 1, 2
 def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragma: no cover - compiled
     n = u.shape[1]
     count = rows.shape[0]
+    if count == 1:
+        # One right-hand side (the engine's halo images, the coarsest levels): the tile's
+        # column layout would cost a strided access per row for nothing; the same operations
+        # on a contiguous vector (as _solve_chain), so bitwise the same result.
+        _solve_one(u, source, space, time, dts, rows[0], d, e, g, out, mode)
+        return
     w = np.empty((n, TILE))
     for j0 in range(0, count, TILE):
         t = min(TILE, count - j0)
@@ -108,6 +114,95 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragm
                     out[r, i] = w[i, j]
 
 
+def _solve_one(u, source, space, time, dts, r, d, e, g, out, mode):  # pragma: no cover - compiled
+    # _solve_rows for the single row r: b formed and swept forward in one pass, then the
+    # backward sweep straight into out[r] (u[r] was read completely before: out may be u).
+    n = u.shape[1]
+    w = np.empty(n)
+    dt = dts[r]
+    for i in range(n):
+        if mode == NO_SOURCE:
+            b = u[r, i]
+        elif mode == FULL_SOURCE:
+            b = u[r, i] + source[r, i] * dt
+        else:
+            b = u[r, i] + (space[i] * time[r]) * dt
+        w[i] = b - w[i - 1] * e[i - 1] if i > 0 else b
+    x = w[n - 1] / d[n - 1]
+    w[n - 1] = x
+    for i in range(n - 2, -1, -1):
+        x = w[i] / d[i] - w[i + 1] * e[i]
+        w[i] = x
+    if g.shape[0] > 0:
+        for i in range(n):
+            out[r, i] = w[i] + g[r, i]
+    else:
+        for i in range(n):
+            out[r, i] = w[i]
+
+
+def _solve_intervals(u, source, space, time, dt, d, e, g, m, npts, mode):  # pragma: no cover - compiled
+    # u[0:npts] is a run of C-intervals: point k*m is interval k's first (C-)point, the next m-1
+    # its F-points.  Every F-point p is stepped in place from the point before it,
+    # u[p] = A^{-1} (u[p-1] + dt f[p]) (+ g[p]), f[p] = source[p] or space * time[p], one step
+    # size dt (A = L D L^T from d, e): the F-relaxation of all intervals in one call.  Tiles of
+    # TILE intervals as in _solve_rows: the C-points are read once into the columns of w, then
+    # each step's solution stays in w as the next step's input (no re-reading of the states
+    # just written), and b = u + (f * dt) is formed as the forward sweep reaches each row.  The
+    # last interval may end early (npts not a multiple of m): its missing points are neither
+    # read nor written.  Exactly the operations of _solve_rows on the points of one offset at
+    # a time, so bitwise the same.
+    n = u.shape[1]
+    count = (npts + m - 1) // m
+    w = np.empty((n, TILE))
+    tm = np.zeros(TILE)
+    for k0 in range(0, count, TILE):
+        t = min(TILE, count - k0)
+        for j in range(t):
+            c = (k0 + j) * m
+            for i in range(n):
+                w[i, j] = u[c, i]
+        for s in range(1, m):
+            live = 0  # columns whose interval has a point at offset s (the last may not)
+            for j in range(t):
+                if (k0 + j) * m + s < npts:
+                    live = j + 1
+                    if mode == SEPARABLE_SOURCE:
+                        tm[j] = time[(k0 + j) * m + s]
+            if live == 0:
+                break
+            for i in range(n):
+                ei = e[i - 1] if i > 0 else 0.0
+                for j in range(live):
+                    if mode == NO_SOURCE:
+                        b = w[i, j]
+                    elif mode == FULL_SOURCE:
+                        b = w[i, j] + source[(k0 + j) * m + s, i] * dt
+                    else:
+                        b = w[i, j] + (space[i] * tm[j]) * dt
+                    w[i, j] = b - w[i - 1, j] * ei if i > 0 else b
+            dn = d[n - 1]
+            for j in range(live):
+                w[n - 1, j] = w[n - 1, j] / dn
+            for i in range(n - 2, -1, -1):
+                di = d[i]
+                ei = e[i]
+                for j in range(live):
+                    w[i, j] = w[i, j] / di - w[i + 1, j] * ei
+            if g.shape[0] > 0:
+                for j in range(live):
+                    p = (k0 + j) * m + s
+                    for i in range(n):
+                        v = w[i, j] + g[p, i]
+                        u[p, i] = v
+                        w[i, j] = v
+            else:
+                for j in range(live):
+                    p = (k0 + j) * m + s
+                    for i in range(n):
+                        u[p, i] = w[i, j]
+
+
 def _solve_chain(u0, source, space, time, dts, d, e, g, out, mode):  # pragma: no cover - compiled
     # out[k] = A^{-1} (out[k-1] + dts[k] f[k]) + g[k], out[-1] = u0: one right-hand side at a
     # time (each is the previous solution), with exactly the operations of _solve_rows for a
@@ -139,8 +234,10 @@ def _solve_chain(u0, source, space, time, dts, d, e, g, out, mode):  # pragma: n
 
 
 if AVAILABLE:
+    _solve_one = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_one)
     _solve_rows = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_rows)
     _solve_chain = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_chain)
+    _solve_intervals = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_intervals)
 
 _EMPTY_2D = np.empty((0, 0))
 _EMPTY_1D = np.empty(0)
@@ -202,3 +299,28 @@ def solve_chain(
     """
     source, space, time, mode = _source_args(source, space, time)
     _solve_chain(u0, source, space, time, dts, d, e, _EMPTY_2D if g is None else g, out, mode)
+
+
+def solve_intervals(
+    u: np.ndarray,
+    dt: float,
+    d: np.ndarray,
+    e: np.ndarray,
+    m: int,
+    npts: int,
+    g: np.ndarray | None = None,
+    source: np.ndarray | None = None,
+    space: np.ndarray | None = None,
+    time: np.ndarray | None = None,
+) -> None:
+    """F-relaxation of a run of C-intervals in place: ``u[p] = A^{-1} (u[p-1] + dt f[p]) (+ g[p])``.
+
+    ``u[:npts]``: ``(>= npts, n)``, any strides; point ``k*m`` starts interval ``k`` and is
+    only read, every other point is written (the last interval may be cut short by ``npts``).
+    One step size ``dt``, ``A = L D L^T`` from ``d``, ``e``; ``f[p]`` (the source at point
+    ``p``'s time) is ``source[p]`` (``(npts, n)``), ``space * time[p]`` or absent (entries at
+    the C-points are not used); ``g``: ``(npts, n)``.  Bitwise the same as :func:`solve_rows`
+    on the points of offset 1, then 2, ..., each from the one before.
+    """
+    source, space, time, mode = _source_args(source, space, time)
+    _solve_intervals(u, source, space, time, float(dt), d, e, _EMPTY_2D if g is None else g, int(m), int(npts), mode)
