@@ -9,11 +9,12 @@ unit bidiagonal ``L``) is factorised once per matrix; a solve is then two sweeps
 each a chain of dependent operations: solving one right-hand side at a time (LAPACK's
 ``pttrs`` does that for every column) waits on the latency of every multiply and divide.
 :func:`solve_rows` instead runs each row operation across a tile of :data:`TILE`
-right-hand sides at once: the tile's right-hand sides are first formed (``b = u + dt * f``,
-optionally with a separable source ``f[j, i] = space[i] * time[j]``) while reading each state
-row by row into the columns of a scratch block ``(n, TILE)``, the two sweeps then run on that
-block, whose rows are contiguous, so the independent chains fill the vector units with no
-gathers or scatters inside them, and the solutions are written back row by row.  The
+right-hand sides at once, in the columns of a scratch block ``(n, TILE)`` whose rows are
+contiguous, so the independent chains fill the vector units: the forward sweep forms each
+right-hand side (``b = u + dt * f``, optionally with a separable source ``f[j, i] = space[i] *
+time[j]``) as it reaches its row, reading row ``i`` of the tile's states side by side (no
+separate pass to gather them), the backward sweep runs on the block, and the solutions are
+written back row by row.  The
 operations and their order are exactly ``pttrs``'s, so the result is bitwise the same.
 
 The engine's stacked states are read where they are (strided views) and the solution is
@@ -53,53 +54,38 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragm
         _solve_one(u, source, space, time, dts, rows[0], d, e, g, out, mode)
         return
     w = np.empty((n, TILE))
+    tm = np.zeros(TILE)
+    dt = np.zeros(TILE)
+    rr = np.zeros(TILE, dtype=np.int64)
     for j0 in range(0, count, TILE):
         t = min(TILE, count - j0)
-        # The tile's right-hand sides b = u + (f * dt) (the same rounding as in torch), read row
-        # by row (contiguous) into the columns of w: the sweeps below then find each row
-        # operation's operands side by side, with no gathers in their dependent chains.
         for j in range(t):
-            r = rows[j0 + j]
-            if mode == NO_SOURCE:
-                for i in range(n):
-                    w[i, j] = u[r, i]
-            elif mode == FULL_SOURCE:
-                dt = dts[r]
-                for i in range(n):
-                    w[i, j] = u[r, i] + source[r, i] * dt
-            else:
-                tm = time[r]
-                dt = dts[r]
-                for i in range(n):
-                    w[i, j] = u[r, i] + (space[i] * tm) * dt
-        # forward sweep (row 0 stays b: pttrs's b - 0 * 0), then backward; a full tile runs
-        # fixed-width loops (whole vector registers), a partial one only its own columns
-        if t == TILE:
-            for i in range(1, n):
-                ei = e[i - 1]
-                for j in range(TILE):
-                    w[i, j] = w[i, j] - w[i - 1, j] * ei
-            dn = d[n - 1]
-            for j in range(TILE):
-                w[n - 1, j] = w[n - 1, j] / dn
-            for i in range(n - 2, -1, -1):
-                di = d[i]
-                ei = e[i]
-                for j in range(TILE):
-                    w[i, j] = w[i, j] / di - w[i + 1, j] * ei
-        else:
-            for i in range(1, n):
-                ei = e[i - 1]
-                for j in range(t):
-                    w[i, j] = w[i, j] - w[i - 1, j] * ei
-            dn = d[n - 1]
+            rr[j] = rows[j0 + j]
+            dt[j] = dts[rr[j]]
+            if mode == SEPARABLE_SOURCE:
+                tm[j] = time[rr[j]]
+        # Forward sweep, each right-hand side b = u + (f * dt) (the same rounding as in torch)
+        # formed as the sweep reaches its row: the tile's states are read once, row i of all
+        # of them side by side, and the dependent chains run across the columns of w with no
+        # separate pass to gather them (row 0 stays b: pttrs's b - 0 * 0).  Then backward.
+        for i in range(n):
+            ei = e[i - 1] if i > 0 else 0.0
             for j in range(t):
-                w[n - 1, j] = w[n - 1, j] / dn
-            for i in range(n - 2, -1, -1):
-                di = d[i]
-                ei = e[i]
-                for j in range(t):
-                    w[i, j] = w[i, j] / di - w[i + 1, j] * ei
+                if mode == NO_SOURCE:
+                    b = u[rr[j], i]
+                elif mode == FULL_SOURCE:
+                    b = u[rr[j], i] + source[rr[j], i] * dt[j]
+                else:
+                    b = u[rr[j], i] + (space[i] * tm[j]) * dt[j]
+                w[i, j] = b - w[i - 1, j] * ei if i > 0 else b
+        dn = d[n - 1]
+        for j in range(t):
+            w[n - 1, j] = w[n - 1, j] / dn
+        for i in range(n - 2, -1, -1):
+            di = d[i]
+            ei = e[i]
+            for j in range(t):
+                w[i, j] = w[i, j] / di - w[i + 1, j] * ei
         # the solutions back, row by row (contiguous writes; the tile's rows were all read above),
         # plus g if given: one rounding of x + g, as torch's add_ after the solve would give
         if g.shape[0] > 0:
