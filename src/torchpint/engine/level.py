@@ -15,7 +15,7 @@ import torch
 from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
-from torchpint.engine.state import State, add, expand, length, stack, take
+from torchpint.engine.state import State, add, empty_stack, expand, length, stack, take
 from torchpint.engine.timing import PhaseTimer
 
 
@@ -46,6 +46,7 @@ class Level:
     _times: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     # (first, npts) -> the times of a run of C-intervals (relax_intervals), cached likewise
     _runs: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _scratch: dict[str, State] = field(default_factory=dict, repr=False)  # see scratch()
 
     # ------------------------------------------------------------------ stepping
     def _slices(self, first: int, count: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +125,19 @@ class Level:
                 break
             prev = take(self.u, slice(first + j - 1, first + j - 1 + count * m, m))
             self.phi_plus_g(prev, lo + first + j - 1, count, m, out=take(self.u, slice(first + j, stop, m)))
+
+    def scratch(self, name: str, count: int) -> State:
+        """Storage for ``count`` points kept for the next use of the same ``name`` (contents undefined).
+
+        The per-iteration temporaries of the same sizes (C-point images, residuals) reuse their
+        memory instead of allocating megabytes each iteration, which the C allocator often
+        returns to the system and then takes back, a page fault per 4 KiB.  Each name has one
+        user at a time; what it holds is valid until that name is asked for again.
+        """
+        held = self._scratch.get(name)
+        if held is None or length(held) != count:
+            held = self._scratch[name] = empty_stack(self.template, count)
+        return held
 
     def stored_states(self) -> int:
         """How many states this level holds on this rank (``u`` and ``g``)."""

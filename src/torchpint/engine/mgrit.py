@@ -276,11 +276,13 @@ class MGRIT:
     def _residual_norm(self, finest: Level) -> tuple[float, Cached]:
         """The space-time residual norm, and the C-point images it was computed from."""
         assert finest.u is not None
-        cached = Cached(c_images(finest))
-        residual = c_residual(finest, cached)
+        # In scratch storage: the same temporaries every iteration (the images stay valid for
+        # the next cycle, which reads them before the next residual check).
+        cached = Cached(c_images(finest, scratch="residual images"))
+        residual = c_residual(finest, cached, scratch="residual")
         local = torch.zeros((), dtype=torch.float64)
         if residual is not None:
-            local = batch_sq_norms(residual[1]).sum()
+            local = batch_sq_norms(residual[1], overwrite=True).sum()
         return math.sqrt(float(self.comm.sum(local))), cached
 
     # ------------------------------------------------------------------ solve

@@ -20,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from torchpint.engine.level import Level
-from torchpint.engine.state import State, axpby, cat, empty_stack, put, stack, sub, take
+from torchpint.engine.state import State, axpby, cat, empty_stack, length, put, stack, sub, take, tree_map
 
 
 def _first_local_c(level: Level) -> int:
@@ -69,6 +71,7 @@ def point_images(
     send_extra: State | None = None,
     halo: State | None = None,
     recv_extra: list[State] | None = None,
+    scratch: str | None = None,
 ) -> tuple[slice, State] | None:
     """``Phi(values_{i-1}) (+ g_i)`` at the local C-points ``i >= 1`` (or every point ``i >= 1``).
 
@@ -80,7 +83,8 @@ def point_images(
     Two halos in one message (the restriction's, see :func:`~torchpint.engine.transfer.restrict`):
     ``send_extra`` travels with this rank's last point, and ``recv_extra`` (a list) receives
     what travelled with the halo; ``send=False`` and ``halo`` are for the second exchange,
-    whose value has already been sent or received that way.
+    whose value has already been sent or received that way.  ``scratch``: without ``into``, the
+    images go to the level's scratch storage of that name (:meth:`~torchpint.engine.level.Level.scratch`).
     """
     layout = level.layout
     n, lo = layout.n_local, layout.lo
@@ -101,7 +105,10 @@ def point_images(
         return None
     step = level.phi_plus_g if with_g else level.phi
     where = slice(start, n, m)
-    targets = take(into, where) if into is not None else empty_stack(level.template, count)
+    if into is not None:
+        targets = take(into, where)
+    else:
+        targets = level.scratch(scratch, count) if scratch else empty_stack(level.template, count)
     if pending is None and halo is None:
         step(take(values, slice(start - 1, start - 1 + count * m, m)), lo + start - 1, count, m, out=targets)
         return where, targets
@@ -149,18 +156,18 @@ def _c_to_local(level: Level, where: slice) -> slice:
 
 
 def c_images(
-    level: Level, send_extra: State | None = None, recv_extra: list[State] | None = None
+    level: Level, send_extra: State | None = None, recv_extra: list[State] | None = None, scratch: str | None = None
 ) -> Images | None:
     """``Phi(u_{c-1}) + g_c`` at this rank's C-points ``c >= 1``, by C-index (None: no target).
 
-    ``send_extra``, ``recv_extra``: a second value along with the halo (see :func:`point_images`;
-    not on a C-points-only level).
+    ``send_extra``, ``recv_extra``: a second value along with the halo; ``scratch``: where the
+    images go (see :func:`point_images`; neither on a C-points-only level).
     """
     assert level.u is not None
     if level.c_only:
         assert send_extra is None and recv_extra is None
         return implicit_sweep(level, images=True)
-    got = point_images(level, level.u, send_extra=send_extra, recv_extra=recv_extra)
+    got = point_images(level, level.u, send_extra=send_extra, recv_extra=recv_extra, scratch=scratch)
     if got is None:
         return None
     where, images = got
@@ -261,13 +268,20 @@ def c_relax(level: Level, weight: float = 1.0, cached: Cached | None = None) -> 
         put_c(level, where, new)
 
 
-def c_residual(level: Level, cached: Cached | None = None) -> Images | None:
-    """``g_c + Phi(u_{c-1}) - u_c`` at the local C-points ``c >= 1`` (from ``cached`` if given)."""
+def c_residual(level: Level, cached: Cached | None = None, scratch: str | None = None) -> Images | None:
+    """``g_c + Phi(u_{c-1}) - u_c`` at the local C-points ``c >= 1`` (from ``cached`` if given).
+
+    ``scratch``: the residual goes to the level's scratch storage of that name.
+    """
     images = c_images(level) if cached is None else cached.images
     if images is None:
         return None
     where, new = images
-    return where, sub(new, take(c_values(level), where))
+    if scratch is None:
+        return where, sub(new, take(c_values(level), where))
+    out = level.scratch(scratch, length(new))
+    tree_map(lambda a, b, o: torch.sub(a, b, out=o), new, take(c_values(level), where), out)
+    return where, out
 
 
 def sequential_solve(level: Level) -> None:

@@ -102,11 +102,19 @@ def length(stacked: State) -> int:
     return int(leaves(stacked)[0].shape[0])
 
 
-def batch_sq_norms(stacked: State) -> torch.Tensor:
-    """Squared 2-norm of each point of a stacked state (float64, shape ``(n,)``)."""
+def batch_sq_norms(stacked: State, overwrite: bool = False) -> torch.Tensor:
+    """Squared 2-norm of each point of a stacked state (float64, shape ``(n,)``).
+
+    ``overwrite``: the caller's state is scratch: float64 leaves are squared in place (bitwise
+    the same, without a temporary the size of the state).
+    """
     total: torch.Tensor | None = None
     for leaf in leaves(stacked):
-        sq = leaf.reshape(leaf.shape[0], -1).to(torch.float64).pow(2).sum(dim=1)
+        flat = leaf.reshape(leaf.shape[0], -1)
+        if overwrite and flat.dtype == torch.float64 and flat.is_contiguous():
+            sq = flat.mul_(flat).sum(dim=1)
+        else:
+            sq = flat.to(torch.float64).pow(2).sum(dim=1)
         total = sq if total is None else total + sq
     assert total is not None
     return total

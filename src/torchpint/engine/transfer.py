@@ -38,7 +38,8 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
             images = cached.images
         else:
             last_v = take(v, length(v) - 1) if send_pair else None
-            images = c_images(fine, send_extra=last_v, recv_extra=received if recv_pair else None)
+            images = c_images(fine, send_extra=last_v, recv_extra=received if recv_pair else None,
+                              scratch=None if fine.c_only else "restrict images")
         if not coarse.alias:  # an aliasing coarse u already is v
             put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
         if coarse.layout.n_local == 0:
