@@ -156,7 +156,11 @@ def torch_rows_solve(d: Any, e: Any, b: Any) -> Any:
 
 
 def time_kernels(rounds: int) -> dict[str, float]:
-    """Seconds per state of Heat1D's batched step: the row kernel, LAPACK pttrs, torch row ops."""
+    """Seconds per state of Heat1D's batched step: the row kernel, LAPACK pttrs, torch row ops.
+
+    And the F-relaxation of ``batch`` C-intervals (cf 4: 3 steps each): one ``step_intervals_into``
+    call against one batched step per offset (what the engine does for problems without it).
+    """
     import torch
 
     from torchpint.problems import Heat1D, default_rhs
@@ -186,6 +190,30 @@ def time_kernels(rounds: int) -> dict[str, float]:
             out[f"nx{nx}_{name}_us"] = 1e6 * statistics.median(values)
         print(f"nx {nx}, batch {batch}: us per state: " + ", ".join(
             f"{name} {out[f'nx{nx}_{name}_us']:.2f}" for name in variants) + " (rows and lapack: bitwise equal)")
+        # F-relaxation of `batch` intervals of 4 points, in place
+        m, npts = 4, 4 * batch
+        start = torch.randn(npts, nx - 2, dtype=torch.float64)
+        t = torch.arange(npts, dtype=torch.float64) / 1024  # one step size
+
+        def by_offset(u: Any) -> None:
+            for j in range(1, m):
+                rows.step_batch_into(u[j - 1 :: m], t[j - 1 :: m], t[j::m], u[j::m])
+
+        fused, per_offset = start.clone(), start.clone()
+        rows.step_intervals_into(fused, t, m)
+        by_offset(per_offset)
+        if not torch.equal(fused, per_offset):
+            raise SystemExit("the fused F-relaxation and the per-offset steps disagree")
+        f_times: dict[str, list[float]] = {"intervals": [], "by_offset": []}
+        for _ in range(rounds):
+            for name, fn in (("intervals", lambda: rows.step_intervals_into(fused, t, m)), ("by_offset", lambda: by_offset(per_offset))):
+                begin = time.perf_counter()
+                fn()
+                f_times[name].append((time.perf_counter() - begin) / (npts - batch))
+        for name, values in f_times.items():
+            out[f"nx{nx}_f_relax_{name}_us"] = 1e6 * statistics.median(values)
+        print(f"nx {nx}, F-relaxation of {batch} intervals (cf 4): us per state: one call "
+              f"{out[f'nx{nx}_f_relax_intervals_us']:.2f}, a batched step per offset {out[f'nx{nx}_f_relax_by_offset_us']:.2f} (bitwise equal)")
     return out
 
 
