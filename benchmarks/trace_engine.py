@@ -7,6 +7,11 @@ wall and thread-CPU time; a phase's *exclusive* time leaves out the phases and c
 Wall time well above CPU time in a message call is waiting for the other rank.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/trace_engine.py --case 1 --nproc 2 [--transport gloo]
+
+``--kernels`` also records Heat1D's compiled kernels ("kernel"), so that the "step" phase shows
+only the Python around them; ``--no-kernels`` replaces the kernels by no-ops and runs exactly 10
+iterations (tol 0): what is left is the engine's fixed cost per iteration (Python, array passes,
+messages), which does not divide by the number of processes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 CASES = {"1": (2049, 1025, 5), "2": (257, 4097, 4)}
 
 
-def traced_solve(case: str, transport_name: str = "auto") -> dict[str, Any]:
+def traced_solve(case: str, transport_name: str = "auto", kernels: str = "") -> dict[str, Any]:
     import torch
 
     import torchpint.engine.comm as comm
@@ -71,10 +76,20 @@ def traced_solve(case: str, transport_name: str = "auto") -> dict[str, Any]:
     except ImportError:
         transport = {}
 
+    stop = {"tol": 1e-9, "max_iter": 100}
+    if kernels:
+        import torchpint.problems.tridiagonal as tridiagonal
+
+        for name in ("_solve_rows", "_solve_one", "_solve_chain", "_solve_intervals"):
+            if hasattr(tridiagonal, name):  # (older revisions lack some)
+                kernel = (lambda *args: None) if kernels == "none" else getattr(tridiagonal, name)
+                setattr(tridiagonal, name, wrap("kernel", kernel))
+        if kernels == "none":  # garbage states: a fixed number of iterations
+            stop = {"tol": 0.0, "max_iter": 10}
     torch.set_num_threads(1)
     nx, nt, levels = CASES[case]
     config = SolveConfig(problem="heat1d", nx=nx, nt=nt, levels=levels, cf=[4], relax="FCF", cycle="V",
-                         nested=False, tol=1e-9, max_iter=100, verbose=False, **transport)
+                         nested=False, verbose=False, **stop, **transport)
     build_solver(config).solve()  # warm-up (numba's cache, allocator)
     best: dict[str, Any] | None = None
     for _ in range(3):
@@ -113,15 +128,20 @@ def main() -> None:
     parser.add_argument("--case", choices=sorted(CASES), default="1")
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--transport", choices=("auto", "shm", "gloo"), default="auto")
+    kernel_choice = parser.add_mutually_exclusive_group()
+    kernel_choice.add_argument("--kernels", action="store_const", const="timed", dest="kernels", default="",
+                               help="record the compiled kernels' time apart from the Python around them")
+    kernel_choice.add_argument("--no-kernels", action="store_const", const="none", dest="kernels",
+                               help="kernels as no-ops, 10 iterations: the fixed cost per iteration")
     args = parser.parse_args()
     if args.nproc < 1:
         parser.error("--nproc must be >= 1")
     if args.nproc == 1:
-        records = [traced_solve(args.case)]
+        records = [traced_solve(args.case, args.transport, args.kernels)]
     else:
         from torchpint.run import run_workers
 
-        records = run_workers(traced_solve, args.nproc, (args.case, args.transport), timeout_s=600)
+        records = run_workers(traced_solve, args.nproc, (args.case, args.transport, args.kernels), timeout_s=600)
     print(f"case {args.case} on {args.nproc} process(es), transport {args.transport}; load average {open('/proc/loadavg').read().split()[:3]}")
     for rank, record in enumerate(records):
         its = record["iterations"]
