@@ -80,7 +80,9 @@ def traced_solve(case: str, transport_name: str = "auto", kernels: str = "") -> 
     if kernels:
         import torchpint.problems.tridiagonal as tridiagonal
 
-        for name in ("_solve_rows", "_solve_one", "_solve_chain", "_solve_intervals"):
+        # the kernels called from Python (_solve_one is called by _solve_rows inside compiled
+        # code, where a wrapper cannot go)
+        for name in ("_solve_rows", "_solve_chain", "_solve_intervals"):
             if hasattr(tridiagonal, name):  # (older revisions lack some)
                 kernel = (lambda *args: None) if kernels == "none" else getattr(tridiagonal, name)
                 setattr(tridiagonal, name, wrap("kernel", kernel))
