@@ -233,8 +233,8 @@ class Heat1D(BatchedProblem):
         """The F-relaxation of a run of C-intervals in place (the engine's contract), in one kernel call.
 
         Each interval's state stays in the kernel's tile between its steps, so the F-points are
-        neither re-read nor the right-hand side formed in a separate pass: about half the time of
-        one batched step per offset, bitwise the same.  Only for one step size: a grid whose F-steps
+        neither re-read nor the right-hand side formed in a separate pass: about two thirds of the
+        time of one batched step per offset (``bench_engine.py --kernel``), bitwise the same.  Only for one step size: a grid whose F-steps
         differ in their last bits (``linspace`` rounding) returns False, and the engine steps
         offset by offset (each offset then groups its rows by step size).
         """
