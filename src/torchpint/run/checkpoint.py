@@ -37,6 +37,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,15 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_safe(path: str | Path) -> Any:
-    """``torch.load`` that never executes code from the file (``weights_only=True``), onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``torch.load`` that never executes code from the file (``weights_only=True``), onto the CPU.
+
+    torch warns when a file was pickled with another protocol than its own writer's (as a file
+    crafted to run code typically is) before it refuses it; the refusal is reported in one line
+    by the caller, so that warning would only be noise on top of it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _describe(error: BaseException) -> str:
