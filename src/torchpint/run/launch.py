@@ -532,8 +532,7 @@ def _worker(
             "WORLD_SIZE": str(nproc),
             "LOCAL_WORLD_SIZE": str(nproc),
             "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),  # the launcher's job store (run_workers)
-            "TORCHELASTIC_USE_AGENT_STORE": "True",
+            "MASTER_PORT": str(port),
         }
     )
     torch.set_num_threads(threads)
@@ -592,13 +591,7 @@ def run_workers(
         raise ConfigError(f"nproc must be >= 1, got {nproc}")
     ctx = _context()
     results = ctx.Queue()
-    # The job's store, hosted here on a port the kernel picks as it binds it: no window in which
-    # another process can take the port, as one found free and bound later by a worker has.  The
-    # workers use it as torchrun's workers use their agent's store, so rank 0 starts the process
-    # group's store on a port of its own the same way (attempt_store).
-    job = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                        timeout=timedelta(seconds=_pg_timeout()))
-    port = int(job.port)
+    port = free_port()
     procs = [
         ctx.Process(target=_worker, args=(fn, args, r, nproc, port, threads, backend, os.getpid(), dict(os.environ),
                                       (_LauncherFd(1), _LauncherFd(2)), results),
