@@ -44,6 +44,19 @@ TILE = 16
 NO_SOURCE, FULL_SOURCE, SEPARABLE_SOURCE = 0, 1, 2
 
 
+def _backward_sweep(w, d, e, cols):  # pragma: no cover - compiled
+    # x_{n-1} = y_{n-1}/d_{n-1}, x_i = y_i/d_i - x_{i+1} e_i on the first `cols` columns of w, in place
+    n = w.shape[0]
+    dn = d[n - 1]
+    for j in range(cols):
+        w[n - 1, j] = w[n - 1, j] / dn
+    for i in range(n - 2, -1, -1):
+        di = d[i]
+        ei = e[i]
+        for j in range(cols):
+            w[i, j] = w[i, j] / di - w[i + 1, j] * ei
+
+
 def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragma: no cover - compiled
     n = u.shape[1]
     count = rows.shape[0]
@@ -78,14 +91,7 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragm
                 else:
                     b = u[rr[j], i] + (space[i] * tm[j]) * dt[j]
                 w[i, j] = b - w[i - 1, j] * ei if i > 0 else b
-        dn = d[n - 1]
-        for j in range(t):
-            w[n - 1, j] = w[n - 1, j] / dn
-        for i in range(n - 2, -1, -1):
-            di = d[i]
-            ei = e[i]
-            for j in range(t):
-                w[i, j] = w[i, j] / di - w[i + 1, j] * ei
+        _backward_sweep(w, d, e, t)
         # the solutions back, row by row (contiguous writes; the tile's rows were all read above),
         # plus g if given: one rounding of x + g, as torch's add_ after the solve would give
         if g.shape[0] > 0:
@@ -167,14 +173,7 @@ def _solve_intervals(u, source, space, time, dt, d, e, g, m, npts, mode):  # pra
                     else:
                         b = w[i, j] + (space[i] * tm[j]) * dt
                     w[i, j] = b - w[i - 1, j] * ei if i > 0 else b
-            dn = d[n - 1]
-            for j in range(live):
-                w[n - 1, j] = w[n - 1, j] / dn
-            for i in range(n - 2, -1, -1):
-                di = d[i]
-                ei = e[i]
-                for j in range(live):
-                    w[i, j] = w[i, j] / di - w[i + 1, j] * ei
+            _backward_sweep(w, d, e, live)
             if g.shape[0] > 0:
                 for j in range(live):
                     p = (k0 + j) * m + s
@@ -220,6 +219,8 @@ def _solve_chain(u0, source, space, time, dts, d, e, g, out, mode):  # pragma: n
 
 
 if AVAILABLE:
+    # (inlined into its callers, which are compiled after it)
+    _backward_sweep = numba.njit(cache=True, boundscheck=False, nogil=True, inline="always")(_backward_sweep)
     _solve_one = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_one)
     _solve_rows = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_rows)
     _solve_chain = numba.njit(cache=True, boundscheck=False, nogil=True)(_solve_chain)
