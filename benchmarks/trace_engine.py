@@ -12,6 +12,13 @@ Wall time well above CPU time in a message call is waiting for the other rank.
 only the Python around them; ``--no-kernels`` replaces the kernels by no-ops and runs exactly 10
 iterations (tol 0): what is left is the engine's fixed cost per iteration (Python, array passes,
 messages), which does not divide by the number of processes.
+
+``--timeline K`` (implies ``--kernels``) also prints iteration K of every rank on one clock: each
+kernel call and message call with its start and length, and per rank the iteration's span, the
+time in kernels and outside them.  It shows who waits for whom, and what a sweep leaves behind:
+the Python and torch calls just after a kernel that has streamed megabytes through the shared L3
+find their code and data evicted (``bench_engine.py --cold``), and a message sent or received
+there takes 60-100 us instead of 10.
 """
 
 from __future__ import annotations
@@ -135,9 +142,17 @@ def main() -> None:
                                help="record the compiled kernels' time apart from the Python around them")
     kernel_choice.add_argument("--no-kernels", action="store_const", const="none", dest="kernels",
                                help="kernels as no-ops, 10 iterations: the fixed cost per iteration")
+    parser.add_argument("--timeline", type=int, metavar="K", default=0,
+                        help="print iteration K (from 2) of every rank on one clock: kernels and messages")
     args = parser.parse_args()
     if args.nproc < 1:
         parser.error("--nproc must be >= 1")
+    if args.timeline == 1 or args.timeline < 0:
+        parser.error("--timeline needs an iteration K >= 2 (iteration K runs from the end of residual check K-1)")
+    if args.timeline and args.kernels == "none":
+        parser.error("--timeline shows the kernels: not with --no-kernels")
+    if args.timeline:
+        args.kernels = "timed"
     if args.nproc == 1:
         records = [traced_solve(args.case, args.transport, args.kernels)]
     else:
@@ -154,6 +169,34 @@ def main() -> None:
             count, wall, cpu = table[name]
             print(f"   {name:24s} {int(count):5d} calls  wall {1e3 * wall:7.1f} ms ({1e3 * wall / its:5.2f} /iter)"
                   f"  CPU {1e3 * cpu:7.1f} ms")
+
+    if args.timeline:
+        timeline(records, args.timeline)
+
+
+SHOWN = ("kernel", "msg: send", "msg: wait for receive", "msg: blocking receive", "msg: all-reduce")
+
+
+def timeline(records: list[dict[str, Any]], iteration: int) -> None:
+    """Iteration ``iteration`` of every rank on one clock (perf_counter is the machine's monotonic clock)."""
+    spans = []
+    for record in records:
+        checks = sorted((e for e in record["events"] if e[0] == "residual"), key=lambda e: e[1])
+        if iteration > len(checks):
+            raise SystemExit(f"--timeline {iteration}: the solve ran {len(checks)} iterations")
+        spans.append((checks[iteration - 2][2], checks[iteration - 1][2]))
+    origin = min(start for start, _ in spans)
+    print(f"\niteration {iteration}, ms from its start (the end of the previous residual check):")
+    rows = []
+    for rank, (record, (start, stop)) in enumerate(zip(records, spans)):
+        inside = [e for e in record["events"] if e[1] >= start and e[2] <= stop]
+        kernels = sum(e[2] - e[1] for e in inside if e[0] == "kernel")
+        waits = sum(e[2] - e[1] for e in inside if e[0].startswith("msg:"))
+        print(f"  rank {rank}: {1e3 * (start - origin):6.3f} .. {1e3 * (stop - origin):6.3f}, kernels"
+              f" {1e3 * kernels:.2f} ms, messages {1e3 * waits:.2f} ms, the rest {1e3 * (stop - start - kernels - waits):.2f} ms")
+        rows += [(e[1], rank, e[0], e[2] - e[1]) for e in inside if e[0] in SHOWN]
+    for begin, rank, name, length in sorted(rows):
+        print(f"  {1e3 * (begin - origin):8.3f} {' ' * 36 * rank}r{rank} {name:22s} {1e3 * length:6.3f}")
 
 
 if __name__ == "__main__":

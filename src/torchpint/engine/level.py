@@ -47,6 +47,7 @@ class Level:
     # (first, npts) -> the times of a run of C-intervals (relax_intervals), cached likewise
     _runs: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     _scratch: dict[str, State] = field(default_factory=dict, repr=False)  # see scratch()
+    _pair_template: State | None = field(default=None, repr=False)  # see post_halo()
 
     # ------------------------------------------------------------------ stepping
     def _slices(self, first: int, count: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,14 +163,22 @@ class Level:
     # other side waits for it.  Sends are non-blocking and always go forward in time: no deadlock.
     def send_last(self, values: State, needs: Callable[[int], bool]) -> None:
         """Send the last point of the stacked ``values`` (this rank's points) if the next rank needs it."""
-        self.send_point(take(values, self.layout.n_local - 1), needs)
+        nxt = self._receiver(needs)
+        if nxt is not None:  # (no view made otherwise: right after a sweep even that costs ~20 us)
+            with self.timer.phase("comm"):
+                self.comm.send(take(values, self.layout.n_local - 1), nxt)
 
     def send_point(self, value: State, needs: Callable[[int], bool]) -> None:
         """Send ``value``, this rank's last point, to the next rank if it needs it."""
-        nxt = self.layout.next_owner()
-        if nxt is not None and needs(self.layout.hi):
+        nxt = self._receiver(needs)
+        if nxt is not None:
             with self.timer.phase("comm"):
                 self.comm.send(value, nxt)
+
+    def _receiver(self, needs: Callable[[int], bool]) -> int | None:
+        """The rank that needs this rank's last point, if any."""
+        nxt = self.layout.next_owner()
+        return nxt if nxt is not None and needs(self.layout.hi) else None
 
     def recv_halo(self, needs: Callable[[int], bool]) -> State | None:
         """The point before this rank's first, if this rank needs it (blocking)."""
@@ -187,7 +196,11 @@ class Level:
         prev = self.layout.prev_owner()
         if prev is None or not needs(self.layout.lo):
             return None
-        return self.comm.irecv(expand(self.template, 2) if pair else self.template, prev)
+        if not pair:
+            return self.comm.irecv(self.template, prev)
+        if self._pair_template is None:  # made once (expand copies): only its shape is read
+            self._pair_template = expand(self.template, 2)
+        return self.comm.irecv(self._pair_template, prev)
 
     def wait_halo(self, pending: PendingRecv) -> State:
         with self.timer.phase("comm"):
