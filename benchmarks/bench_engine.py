@@ -12,6 +12,7 @@ the reference, docs/engine.md):
     .venv/bin/python benchmarks/bench_engine.py --baseline 2880a57 [--rounds 8] [--cases 1,2,1p2]
     .venv/bin/python benchmarks/bench_engine.py --latency      # one message (gloo, shared memory), 2 processes
     .venv/bin/python benchmarks/bench_engine.py --kernel       # Heat1D's batched step, per state
+    .venv/bin/python benchmarks/bench_engine.py --cold         # a torch call after a sweep of N MB
 
 ``--baseline REV`` extracts ``git archive REV`` into a temporary folder and runs its ``src``
 with this same interpreter, side by side with the working tree's ``src``: every round starts
@@ -290,6 +291,26 @@ def print_table(table: dict[str, Any], trees: list[str]) -> None:
             print(f"{name:5s} {'ratio (baseline/work)':24s} {row['ratio']:8.2f}x {row['cpu_ratio']:6.2f}x"
                   f"   same steps per level: {row['same_steps']},"
                   f" history max rel. diff {row['history_max_rel_diff']:.1e}")
+    if "1" in table and "1p2" in table:
+        print("case 1, 2 processes over 1: solve time (the steps' own speed-up, 2 x step us on 1 / on 2,"
+              " i.e. what the two cores deliver together in this run)")
+        for tree in trees:
+            print(f"      {tree:24s} {time_scaling(table, tree):8.2f}x  ({step_scaling(table, tree):.2f}x)")
+
+
+def time_scaling(table: dict[str, Any], tree: str) -> float:
+    """Case 1's solve time on 1 process over that on 2."""
+    return table["1"][tree]["seconds"] / table["1p2"][tree]["seconds"]
+
+
+def step_scaling(table: dict[str, Any], tree: str) -> float:
+    """How much faster 2 processes step than 1 in this run, from the step cost per state alone.
+
+    The steps divide exactly (each rank steps half the states), so this is the two cores'
+    combined throughput for the kernel over one core's: the ceiling of the solve's speed-up
+    on this machine at this time, whatever the engine does around the steps.
+    """
+    return 2 * table["1"][tree]["step_us"] / table["1p2"][tree]["step_us"]
 
 
 def time_pymgrit(python: str) -> dict | None:
@@ -308,6 +329,36 @@ def time_pymgrit(python: str) -> dict | None:
     return None
 
 
+def cold_call(megabytes: list[int], rounds: int, barrier: bool = False) -> dict[str, float]:
+    """Median microseconds of one torch call (a view of a state) right after sweeping ``megabytes`` MB.
+
+    What the engine's Python meets after each kernel: a sweep larger than the cache it shares
+    evicts the interpreter's and torch's code and data, and the next few calls reload them from
+    memory.  ``barrier``: in a 2-process run, both ranks sweep at once (each its own buffer, the
+    same loop started together), as the engine's ranks do.
+    """
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    state = torch.zeros(1025, 2047, dtype=torch.float64)
+    out = {}
+    for mb in megabytes:
+        buffer = np.zeros((mb << 17) or 1)  # mb MB of float64 (0: nothing swept)
+        times = []
+        if barrier:  # once per size: the ranks then run the same loop side by side
+            import torch.distributed as dist
+
+            dist.barrier()
+        for _ in range(rounds):
+            buffer.fill(1.0)
+            start = time.perf_counter()
+            state[1024]
+            times.append(time.perf_counter() - start)
+        out[str(mb)] = 1e6 * statistics.median(times)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", metavar="REV", help="git revision to run side by side with the working tree")
@@ -315,6 +366,7 @@ def main() -> None:
     parser.add_argument("--cases", default="1,2,1p2", help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--latency", action="store_true", help="measure one message between 2 processes (gloo and shared memory)")
     parser.add_argument("--kernel", action="store_true", help="time Heat1D's batched step alone, per state")
+    parser.add_argument("--cold", action="store_true", help="time a torch call after sweeping N MB (1 and 2 processes)")
     parser.add_argument("--pymgrit-python", default="/work/pymgrit-venv/bin/python")
     parser.add_argument("--out", default=str(HERE / "results" / "engine.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -338,6 +390,20 @@ def main() -> None:
                 record[f"latency_us_{numel}" + ("" if transport == "gloo" else f"_{transport}")] = 1e6 * seconds
                 print(f"one message of {numel} float64 over {transport} (send/recv ping-pong, median of 2000): "
                       f"{1e6 * seconds:.1f} us")
+    if args.cold:
+        sys.path.insert(0, str(ROOT / "src"))
+        sizes = [0, 2, 4, 8, 12, 16, 24, 32]
+        one = cold_call(sizes, 300)
+        two = _run_workers(cold_call, 2, ([mb // 2 for mb in sizes], 300, True))[0]
+        record["cold_call_us"] = {"1 process": one, "2 processes, half each": two}
+        print("one torch call (a view) right after sweeping N MB, median of 300, microseconds")
+        print(f"{'N MB swept in all':>18s} {'1 process':>10s} {'2 processes, N/2 each':>22s}")
+        for mb in sizes:
+            print(f"{mb:18d} {one[str(mb)]:10.1f} {two[str(mb // 2)]:22.1f}")
+        out = Path(args.out).with_name(Path(args.out).stem + "_cold.json")
+        out.write_text(json.dumps(record, indent=1))
+        print(f"results: {out}")
+        return
     if args.kernel:
         sys.path.insert(0, str(ROOT / "src"))
         record["kernel"] = time_kernels(max(args.rounds, 3) * 4)
@@ -364,6 +430,8 @@ def main() -> None:
     table = compare(rounds, names)
     print(f"\nHeat1D, FCF V-cycles, cf 4, no nested, tol 1e-9; medians of {args.rounds} interleaved rounds")
     print_table(table, list(trees))
+    if "1" in names and "1p2" in names:
+        record["two_over_one"] = {t: {"solve": time_scaling(table, t), "steps": step_scaling(table, t)} for t in trees}
     record["cases"] = {n: CASES[n] for n in names}
     record["table"] = table
     record["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]

@@ -1,5 +1,6 @@
-"""benchmarks/bench_engine.py refuses bad input with one line, before any timing."""
+"""The engine benchmarks: bad input refused with one line before any timing; trace_engine.py's timeline shows an iteration."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,25 @@ def test_unknown_case() -> None:
     proc = run("--cases", "3")
     assert proc.returncode != 0
     assert "unknown case(s) 3" in proc.stderr.strip().splitlines()[-1]
+
+
+TRACE = SCRIPT.with_name("trace_engine.py")
+
+
+def test_trace_timeline_refuses_iteration_one() -> None:
+    proc = subprocess.run([sys.executable, str(TRACE), "--timeline", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "--timeline needs an iteration K >= 2" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_trace_timeline_shows_every_kernel_of_the_iteration() -> None:
+    """Iteration 3 of case 2 on one process: its span, and one line per kernel call (24 for 4 levels)."""
+    proc = subprocess.run([sys.executable, str(TRACE), "--case", "2", "--timeline", "3"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    start = lines.index("iteration 3, ms from its start (the end of the previous residual check):")
+    assert lines[start + 1].startswith("  rank 0: ")
+    kernels = [line for line in lines[start + 2:] if " r0 kernel " in line]
+    times = [float(line.split()[0]) for line in kernels]
+    assert times == sorted(times) and len(kernels) >= 10
