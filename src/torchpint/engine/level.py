@@ -15,7 +15,7 @@ import torch
 from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
-from torchpint.engine.state import State, add, empty_stack, expand, length, stack, take
+from torchpint.engine.state import State, add, empty_stack, expand, length, single, take
 from torchpint.engine.timing import PhaseTimer
 
 
@@ -89,7 +89,7 @@ class Level:
         sequence = getattr(self.problem, "step_sequence_into", None)
         if sequence is None or not isinstance(out, torch.Tensor):
             for k in range(count):
-                src = stack([u]) if k == 0 else take(out, slice(k - 1, k))
+                src = single(u) if k == 0 else take(out, slice(k - 1, k))
                 self.phi_plus_g(src, first + k, 1, out=take(out, slice(k, k + 1)))
             return
         t0, t1 = self._slices(first, count, 1)

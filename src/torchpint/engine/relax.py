@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from torchpint.engine.level import Level
-from torchpint.engine.state import State, axpby, cat, empty_stack, length, put, stack, sub, take, tree_map
+from torchpint.engine.state import State, axpby, cat, empty_stack, length, put, single, stack, sub, take, tree_map
 
 
 def _first_local_c(level: Level) -> int:
@@ -54,7 +54,7 @@ def f_relax(level: Level) -> None:
             before = level.recv_halo(needs)
             assert before is not None
             for i in range(leading):
-                src = stack([before]) if i == 0 else take(u, slice(i - 1, i))
+                src = single(before) if i == 0 else take(u, slice(i - 1, i))
                 level.phi_plus_g(src, lo + i - 1, 1, out=take(u, slice(i, i + 1)))
             if fc >= n:
                 level.send_last(u, needs)
@@ -122,7 +122,7 @@ def point_images(
         if recv_extra is not None:
             recv_extra.append(take(halo, 1))
             halo = take(halo, 0)
-    step(stack([halo]), lo - 1, 1, out=take(targets, slice(0, 1)))
+    step(single(halo), lo - 1, 1, out=take(targets, slice(0, 1)))
     return where, targets
 
 
@@ -222,11 +222,11 @@ def implicit_sweep(level: Level, *, images: bool, visit: PointVisitor | None = N
         value = level.recv_halo(needs)
         assert value is not None
         for i in range(min(fc, n)):
-            value = take(level.phi_plus_g(stack([value]), lo + i - 1, 1), 0)
+            value = take(level.phi_plus_g(single(value), lo + i - 1, 1), 0)
             if visit is not None:
-                visit(slice(i, i + 1), stack([value]))
+                visit(slice(i, i + 1), single(value))
         if fc < n and images:
-            pieces.insert(0, level.phi_plus_g(stack([value]), lo + fc - 1, 1))
+            pieces.insert(0, level.phi_plus_g(single(value), lo + fc - 1, 1))
             first_target = 0
         if n_c == 0:
             level.send_point(value, needs)

@@ -67,6 +67,11 @@ def stack(states: Sequence[State]) -> State:
     return tree_map(lambda *xs: torch.stack(xs), *states)
 
 
+def single(state: State) -> State:
+    """``state`` as a stacked state of one point: a view of it, where ``stack([state])`` copies."""
+    return tree_map(lambda x: x.unsqueeze(0), state)
+
+
 def cat(parts: Sequence[State]) -> State:
     """Concatenate stacked states along the time axis."""
     return tree_map(lambda *xs: torch.cat(xs), *parts)
