@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 import torch.distributed as dist
 
 from torchpint.errors import ConfigError
-from torchpint.run.launch import WorkerError, launch, world_size
+from torchpint.run.launch import WorkerError, launch, run_workers, world_size
 from torchpint.testing.processes import alive
 
 
@@ -32,6 +33,42 @@ def test_one_process_and_local_processes() -> None:
     assert launch(_rank_and_size, ("x",), nproc=2) == ("x", 0, 2)
     with pytest.raises(WorkerError, match="worker 1 of 2 failed: ConfigError: rank 1 refuses"):
         launch(_fail_on_rank_1, nproc=2)
+
+
+def test_a_store_port_taken_before_the_workers_listen_is_replaced(monkeypatch) -> None:
+    """The launcher picks a free port, rank 0 binds it moments later: meanwhile another process may take it.
+
+    Once by a plain server (rank 0 cannot listen), once by another launch's store (the other
+    ranks would join it: they check its token): each time the workers start again on another port.
+    """
+    launch_module = sys.modules["torchpint.run.launch"]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        other = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+        other.set("torchpint/launch", "another launch's token")
+        taken = [server.getsockname()[1], other.port]
+        real, picked = launch_module.free_port, []
+
+        def pick() -> int:
+            picked.append(taken[len(picked)] if len(picked) < len(taken) else real())
+            return picked[-1]
+
+        monkeypatch.setattr(launch_module, "free_port", pick)
+        assert run_workers(_rank_and_size, 2, ("x",)) == [("x", 0, 2), ("x", 1, 2)]
+        assert picked[:2] == taken and len(picked) == 3
+
+
+def test_store_ports_always_taken_give_one_clear_error(monkeypatch) -> None:
+    launch_module = sys.modules["torchpint.run.launch"]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(launch_module, "free_port", lambda: server.getsockname()[1])
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match="5 free ports in a row were taken by other processes"):
+            run_workers(_rank_and_size, 2, ("x",))
+        assert time.monotonic() - start < 30
 
 
 def test_world_size_checks(monkeypatch) -> None:

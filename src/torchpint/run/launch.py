@@ -91,7 +91,13 @@ class WorkerNonFiniteError(WorkerError, NonFiniteError):
     """A worker's computation became NaN/Inf (a :class:`~torchpint.errors.NonFiniteError` there): CLIs exit 1."""
 
 
+class _StorePortTaken(RuntimeError):
+    """A local launch's store port was taken by another process between being picked and being bound."""
+
+
 def _error_kind(error: BaseException) -> str:
+    if isinstance(error, _StorePortTaken):
+        return "port"
     return "config" if isinstance(error, ConfigError) else "nonfinite" if isinstance(error, NonFiniteError) else ""
 
 
@@ -259,12 +265,49 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     timeout = timedelta(seconds=timeout_s or _pg_timeout())
+    token = os.environ.get(_LAUNCH_TOKEN_ENV)
+    if token:  # a worker of run_workers: the group's store is this launch's own (see _launch_store)
+        rank_, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend=backend, store=_launch_store(token, rank_, size, timeout),
+                                rank=rank_, world_size=size, timeout=timeout)
+        return
     store = attempt_store()
     if store is None:
         dist.init_process_group(backend=backend, timeout=timeout)
         return
     dist.init_process_group(backend=backend, store=dist.PrefixStore("torchpint/pg", store),
                             rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+
+
+_LAUNCH_TOKEN_ENV = "TORCHPINT_LAUNCH_TOKEN"
+_LAUNCH_TOKEN_KEY = "torchpint/launch"
+
+
+def _launch_store(token: str, rank_: int, size: int, timeout: timedelta) -> Any:
+    """The store of one local launch, on the port the launcher picked (``MASTER_PORT``), keys under its token.
+
+    The launcher picks a free port and its workers bind it moments later: in between, another
+    process may take it (a parallel launch, or any outgoing connection given that ephemeral
+    port).  Rank 0 then fails to listen, and the other ranks may reach someone else's store:
+    they check it holds this launch's token.  Either way the worker raises
+    :class:`_StorePortTaken` and the launcher starts the workers again on another port.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    try:
+        if rank_ == 0:
+            store = dist.TCPStore(host, port, size, is_master=True, timeout=timeout, wait_for_workers=False)
+            store.set(_LAUNCH_TOKEN_KEY, token)
+        else:
+            store = dist.TCPStore(host, port, size, is_master=False, timeout=timeout)
+            if store.get(_LAUNCH_TOKEN_KEY).decode() != token:  # waits for rank 0 to set it
+                raise _StorePortTaken(f"port {port} answers with another launch's store")
+    except _StorePortTaken:
+        raise
+    except RuntimeError as error:
+        if "EADDRINUSE" in str(error) or "address already in use" in str(error).lower():
+            raise _StorePortTaken(f"port {port} was taken before rank 0 could listen on it") from None
+        raise
+    return dist.PrefixStore(f"torchpint/{token}", store)
 
 
 # ---------------------------------------------------------------------------- launch
@@ -512,6 +555,7 @@ def _worker(
     rank_: int,
     nproc: int,
     port: int,
+    token: str,
     threads: int,
     backend: str,
     parent: int,
@@ -533,6 +577,7 @@ def _worker(
             "LOCAL_WORLD_SIZE": str(nproc),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
+            _LAUNCH_TOKEN_ENV: token,
         }
     )
     torch.set_num_threads(threads)
@@ -589,12 +634,32 @@ def run_workers(
     _leave_if_bootstrapping()
     if nproc < 1:
         raise ConfigError(f"nproc must be >= 1, got {nproc}")
+    for attempt in range(_PORT_ATTEMPTS):
+        try:
+            return _run_workers_once(fn, nproc, args, threads, backend, timeout_s)
+        except _PortTaken:
+            if attempt == _PORT_ATTEMPTS - 1:
+                raise WorkerError(f"the workers could not set up their store: {_PORT_ATTEMPTS} free ports in a row were "
+                                  "taken by other processes before the workers could listen on them") from None
+    raise AssertionError("unreachable")
+
+
+_PORT_ATTEMPTS = 5
+
+
+class _PortTaken(Exception):
+    """Raised by :func:`_run_workers_once` when the launch's store port was lost: start again on another."""
+
+
+def _run_workers_once(
+    fn: Callable[..., Any], nproc: int, args: tuple[Any, ...], threads: int, backend: str, timeout_s: float | None
+) -> list[Any]:
     ctx = _context()
     results = ctx.Queue()
-    port = free_port()
+    port, token = free_port(), os.urandom(8).hex()
     procs = [
-        ctx.Process(target=_worker, args=(fn, args, r, nproc, port, threads, backend, os.getpid(), dict(os.environ),
-                                      (_LauncherFd(1), _LauncherFd(2)), results),
+        ctx.Process(target=_worker, args=(fn, args, r, nproc, port, token, threads, backend, os.getpid(),
+                                          dict(os.environ), (_LauncherFd(1), _LauncherFd(2)), results),
                     daemon=True)
         for r in range(nproc)
     ]
@@ -667,6 +732,8 @@ def _stop(procs: list[Any]) -> None:
 
 def _raise_diagnosis(procs: list[Any], results: Any, errors: dict[int, tuple[str, str]], started: set[int]) -> WorkerError:
     kind, message = _diagnose(procs, results, errors, started)
+    if any(k == "port" for k, _ in errors.values()):  # the store's port was lost: the others failed from that
+        raise _PortTaken
     return _ERROR_CLASSES.get(kind, WorkerError)(message)
 
 
