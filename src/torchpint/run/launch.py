@@ -265,8 +265,10 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     timeout = timedelta(seconds=timeout_s or _pg_timeout())
-    token = os.environ.get(_LAUNCH_TOKEN_ENV)
-    if token:  # a worker of run_workers: the group's store is this launch's own (see _launch_store)
+    # (taken out of the environment: a process this one starts, a torchrun job say, must not see it)
+    token = os.environ.pop(_LAUNCH_TOKEN_ENV, None)
+    if token and "TORCHELASTIC_RUN_ID" not in os.environ:
+        # a worker of run_workers: the group's store is this launch's own (see _launch_store)
         rank_, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         dist.init_process_group(backend=backend, store=_launch_store(token, rank_, size, timeout),
                                 rank=rank_, world_size=size, timeout=timeout)
