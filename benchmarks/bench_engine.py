@@ -13,6 +13,7 @@ the reference, docs/engine.md):
     .venv/bin/python benchmarks/bench_engine.py --latency      # one message (gloo, shared memory), 2 processes
     .venv/bin/python benchmarks/bench_engine.py --kernel       # Heat1D's batched step, per state
     .venv/bin/python benchmarks/bench_engine.py --cold         # a torch call after a sweep of N MB
+    .venv/bin/python benchmarks/bench_engine.py --scaling      # the kernel on 1 process and on 2 at once
 
 ``--baseline REV`` extracts ``git archive REV`` into a temporary folder and runs its ``src``
 with this same interpreter, side by side with the working tree's ``src``: every round starts
@@ -364,6 +365,38 @@ def cold_call(megabytes: list[int], rounds: int, barrier: bool = False) -> dict[
     return out
 
 
+def kernel_scaling(states: list[int], seconds: float, together: bool = False) -> dict[str, float]:
+    """Microseconds per state of Heat1D's F-relaxation (nx 2049, cf 4) on a working set of ``states`` states.
+
+    ``together``: in a 2-process run, both ranks run the same loop at once, each on its own
+    arrays, for ``seconds`` per size.  Two processes that each take as long per state as one
+    alone deliver 2x; a kernel limited by the memory bus the cores share delivers less once the
+    arrays outgrow the caches.
+    """
+    import torch
+
+    from torchpint.problems import Heat1D, default_rhs
+
+    torch.set_num_threads(1)
+    heat = Heat1D(0.0, 2.0, 2049, rhs=default_rhs(), solver="rows")
+    out = {}
+    for count in states:
+        u = torch.randn(count, 2047, dtype=torch.float64)
+        t = torch.arange(count, dtype=torch.float64) / 1024
+        heat.step_intervals_into(u, t, 4)  # warm-up (and the factorisation)
+        if together:
+            import torch.distributed as dist
+
+            dist.barrier()
+        times: list[float] = []
+        until = time.perf_counter() + seconds  # a fixed time, not a count: two ranks overlap throughout
+        while (start := time.perf_counter()) < until:
+            heat.step_intervals_into(u, t, 4)
+            times.append((time.perf_counter() - start) / (count - count // 4))
+        out[str(count)] = 1e6 * statistics.median(times)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", metavar="REV", help="git revision to run side by side with the working tree")
@@ -371,6 +404,8 @@ def main() -> None:
     parser.add_argument("--cases", default="1,2,1p2", help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--latency", action="store_true", help="measure one message between 2 processes (gloo and shared memory)")
     parser.add_argument("--kernel", action="store_true", help="time Heat1D's batched step alone, per state")
+    parser.add_argument("--scaling", action="store_true",
+                        help="the F-relaxation kernel on 1 process and on 2 at once: what the two cores deliver together")
     parser.add_argument("--cold", action="store_true", help="time a torch call after sweeping N MB (1 and 2 processes)")
     parser.add_argument("--pymgrit-python", default="/work/pymgrit-venv/bin/python")
     parser.add_argument("--out", default=str(HERE / "results" / "engine.json"))
@@ -399,6 +434,22 @@ def main() -> None:
                 record[f"latency_us_{numel}" + ("" if transport == "gloo" else f"_{transport}")] = 1e6 * seconds
                 print(f"one message of {numel} float64 over {transport} (send/recv ping-pong, median of 2000): "
                       f"{1e6 * seconds:.1f} us")
+    if args.scaling:
+        sys.path.insert(0, str(ROOT / "src"))
+        sizes = [32, 128, 256, 512, 1024]
+        seconds = 0.2 * args.rounds
+        one = kernel_scaling(sizes, seconds)
+        two = _run_workers(kernel_scaling, 2, (sizes, seconds, True))[0]
+        record["kernel_scaling_us"] = {"1 process": one, "2 processes at once": two}
+        print(f"Heat1D's F-relaxation (nx 2049, cf 4), us per state, median of the calls in {seconds:.1f} s")
+        print(f"{'states per process':>18s} {'MB':>6s} {'1 process':>10s} {'2 at once':>10s} {'2 deliver':>10s}")
+        for n in sizes:
+            print(f"{n:18d} {n * 2047 * 8 / 2**20:6.1f} {one[str(n)]:10.2f} {two[str(n)]:10.2f}"
+                  f" {2 * one[str(n)] / two[str(n)]:9.2f}x")
+        out = Path(args.out).with_name(Path(args.out).stem + "_scaling.json")
+        out.write_text(json.dumps(record, indent=1))
+        print(f"results: {out}")
+        return
     if args.cold:
         sys.path.insert(0, str(ROOT / "src"))
         sizes = [0, 2, 4, 8, 12, 16, 24, 32]
