@@ -429,6 +429,16 @@ def call_after_sweep(states: list[int], rounds: int) -> dict[str, float]:
     return out
 
 
+def save_beside(record: dict[str, Any], out: str, suffix: str) -> None:
+    """A measurement of its own (``--kernel``, ``--cold``, ``--scaling``) beside ``--out``: ``<stem>_<suffix>.json``."""
+    record["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average before {' '.join(record['loadavg_before'])}, after {' '.join(record['loadavg_after'])}")
+    path = Path(out).with_name(Path(out).stem + f"_{suffix}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    print(f"results: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", metavar="REV", help="git revision to run side by side with the working tree")
@@ -481,9 +491,7 @@ def main() -> None:
         for n in sizes:
             print(f"{n:18d} {n * 2047 * 8 / 2**20:6.1f} {one[str(n)]:10.2f} {two[str(n)]:10.2f}"
                   f" {2 * one[str(n)] / two[str(n)]:9.2f}x {after[str(n)]:36.1f}")
-        out = Path(args.out).with_name(Path(args.out).stem + "_scaling.json")
-        out.write_text(json.dumps(record, indent=1))
-        print(f"results: {out}")
+        save_beside(record, args.out, "scaling")
         return
     if args.cold:
         sys.path.insert(0, str(ROOT / "src"))
@@ -495,18 +503,12 @@ def main() -> None:
         print(f"{'N MB swept in all':>18s} {'1 process':>10s} {'2 processes, N/2 each':>22s}")
         for mb in sizes:
             print(f"{mb:18d} {one[str(mb)]:10.1f} {two[str(mb // 2)]:22.1f}")
-        out = Path(args.out).with_name(Path(args.out).stem + "_cold.json")
-        out.write_text(json.dumps(record, indent=1))
-        print(f"results: {out}")
+        save_beside(record, args.out, "cold")
         return
     if args.kernel:
         sys.path.insert(0, str(ROOT / "src"))
         record["kernel"] = time_kernels(max(args.rounds, 3) * 4)
-        record["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
-        print(f"load average before {' '.join(record['loadavg_before'])}, after {' '.join(record['loadavg_after'])}")
-        out = Path(args.out).with_name(Path(args.out).stem + "_kernel.json")
-        out.write_text(json.dumps(record, indent=1))
-        print(f"results: {out}")
+        save_beside(record, args.out, "kernel")
         return
     with tempfile.TemporaryDirectory(prefix="torchpint-baseline-") as tmp:
         trees = {"working tree": ROOT / "src"}
