@@ -639,7 +639,7 @@ def run_workers(
     for attempt in range(_PORT_ATTEMPTS):
         try:
             return _run_workers_once(fn, nproc, args, threads, backend, timeout_s)
-        except _PortTaken:
+        except _StorePortTaken:  # (reported by a worker, raised again here by _raise_diagnosis)
             if attempt == _PORT_ATTEMPTS - 1:
                 raise WorkerError(f"the workers could not set up their store: {_PORT_ATTEMPTS} free ports in a row were "
                                   "taken by other processes before the workers could listen on them") from None
@@ -647,10 +647,6 @@ def run_workers(
 
 
 _PORT_ATTEMPTS = 5
-
-
-class _PortTaken(Exception):
-    """Raised by :func:`_run_workers_once` when the launch's store port was lost: start again on another."""
 
 
 def _run_workers_once(
@@ -735,7 +731,7 @@ def _stop(procs: list[Any]) -> None:
 def _raise_diagnosis(procs: list[Any], results: Any, errors: dict[int, tuple[str, str]], started: set[int]) -> WorkerError:
     kind, message = _diagnose(procs, results, errors, started)
     if any(k == "port" for k, _ in errors.values()):  # the store's port was lost: the others failed from that
-        raise _PortTaken
+        raise _StorePortTaken(message)
     return _ERROR_CLASSES.get(kind, WorkerError)(message)
 
 
