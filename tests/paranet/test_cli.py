@@ -173,3 +173,38 @@ def test_data_parallel_replicas_train_and_checkpoint_once(tmp_path, capsys) -> N
     assert len(history) == 1 and 0.0 < history[0]["test_accuracy"] <= 1.0
     folder = latest(out).folder
     assert sorted(p.name for p in folder.glob("part*.pt")) == ["part0.pt", "part1.pt"]
+
+
+SPLIT = [a for a in TINY if a not in ("--balance", "flops")]  # the split given instead of a balance
+
+
+def test_split_points_pin_the_split_of_info_train_and_resume(tmp_path, capsys) -> None:
+    """A measured balance can split differently from run to run; ``--split-points`` reproduces a run's split."""
+    assert main(["paranet", "info", "--model", "resnet11-small", "--split-points", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split_points"] == [2]
+    out = tmp_path / "run"
+    assert main(["paranet", "train", *SPLIT, "--split-points", "2", "--epochs", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["split_points"] == [2]
+    capsys.readouterr()
+    # resuming with another split is refused by name; with none given, the run's own split is used
+    assert main(["paranet", "train", *SPLIT, "--split-points", "1", "--epochs", "2", "--out", str(out), "--resume"]) == 2
+    assert "split_points" in capsys.readouterr().err
+    assert main(["paranet", "train", *SPLIT, "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["split_points"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split-points", "3"], "--split-points 3: split points must be strictly increasing and inside 1..2"),
+        (["--split-points", "1,2"], "--split-points 1,2: 2 sub-networks need 1 split points, got 2"),
+        (["--split-points", "1", "--balance", "time"], "give --split-points or --balance, not both"),
+    ],
+)
+def test_bad_split_points_are_one_line(tmp_path, capsys, args, message) -> None:
+    assert main(["paranet", "train", *SPLIT, "--epochs", "1", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("torchpint: error:") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+    assert main(["paranet", "info", "--model", "resnet11-small", *args]) == 2
+    assert message in capsys.readouterr().err

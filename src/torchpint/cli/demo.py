@@ -159,7 +159,9 @@ def paranet_section(out: Path) -> tuple[list[str], dict[str, Any]]:
         (f"`{cmd}`: {results['data']['train']} training / {results['data']['test']} test images of the scikit-learn "
          f"digits, padded to {cfg.image_size}x{cfg.image_size}. The parareal network tears the {info['num_blocks']} "
          f"blocks into N = {cfg.subnets} sub-networks (split before block {info['split_points'][0]}, chosen by "
-         f"the measured time of every block), joined by coarse networks, K = 1; each sub-network runs in its own "
+         f"the measured time of every block, so another run may split elsewhere and train a little differently; "
+         f"`--split-points {','.join(map(str, info['split_points']))}` repeats this one), joined by coarse networks, "
+         f"K = 1; each sub-network runs in its own "
          f"process (one thread each); the original runs in one process with one thread."),
         "",
         "| network | workers | test accuracy | parameters | seconds per epoch | speed-up |",

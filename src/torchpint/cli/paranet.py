@@ -58,11 +58,31 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", choices=BALANCES, default=None,
                    help="split the blocks by measured time (train's default), FLOPs (info's default), "
                         "parameters or block count")
+    p.add_argument("--split-points", type=_split_points, metavar="B[,B...]",
+                   help="the first block of sub-networks 2..N, e.g. 18 (instead of --balance): a measured balance "
+                        "can split differently from run to run; a run's JSON and run.json record the split it used")
     p.add_argument("--coarse", choices=("auto", "conv", "linear"), default="auto", help="coarse network family")
     p.add_argument("--coarse-width", type=int, help="hidden width of the coarse networks (default: channels / 8)")
     p.add_argument("--depth", type=int, help="blocks of mlp / resnet1d")
     p.add_argument("--width", type=int, help="width: ResNet base width, VGG first width, resnet1d channels, mlp hidden")
     p.add_argument("--num-classes", type=int, default=10, help="classes (info without --dataset)")
+
+
+def _split_points(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"block indices separated by commas, e.g. 18 or 10,20, got {text!r}") from None
+
+
+def _built(cfg: TrainConfig) -> Any:
+    """``build_paranet(cfg)``; split points that do not fit the network are one line (ConfigError)."""
+    try:
+        return build_paranet(cfg)
+    except ValueError as error:
+        if cfg.split_points is None:
+            raise
+        raise ConfigError(f"--split-points {','.join(map(str, cfg.split_points))}: {error}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +137,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true", help="print the info as JSON")
 
 
+def _one_split_rule(args: argparse.Namespace) -> None:
+    if args.split_points is not None and args.balance is not None:
+        raise ConfigError("give --split-points or --balance, not both (the split points are the split)")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The configuration; ``nproc`` is torchrun's world size under torchrun (a disagreeing --nproc is refused)."""
+    _one_split_rule(args)
     out = args.out or f"runs/paranet-{args.model}-{args.dataset}-N{args.subnets}"
     if args.nproc is None and not launched_by_torchrun():
         nproc = args.subnets * args.replicas if args.replicas > 1 else 1
@@ -132,7 +158,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         coarse=args.coarse, coarse_width=args.coarse_width, depth=args.depth, width=args.width, image_size=args.image_size,
         data_root=args.data_root, max_train=args.max_train, max_test=args.max_test, device=args.device,
         devices=[d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None,
-        out=out, progress=args.progress,
+        out=out, progress=args.progress, split_points=args.split_points,
     )  # fmt: skip
 
 
@@ -191,11 +217,12 @@ def _usable_world(cfg: TrainConfig) -> Callable[[int], str | None]:
 def prepare(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
     """Validate, load the data once for its shape, build the network once for its split (and info).
 
-    Resuming, the split comes from the checkpoint (a measured balance would differ).
+    Resuming without ``--split-points``, the split comes from the checkpoint (a measured balance
+    could differ); split points given that differ from the run's are refused by the resume check.
     """
     validate(cfg)
-    saved_split = None
-    if resume:
+    saved_split = cfg.split_points
+    if resume and saved_split is None:
         found = Checkpoints(Path(cfg.out) / "paranet" / "checkpoints").find_latest()
         if found is not None:
             saved_split = found.config.get("split_points")
@@ -206,7 +233,7 @@ def prepare(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)  # a measured balance sees what one worker sees
     try:
-        net = build_paranet(cfg)
+        net = _built(cfg)
     finally:
         torch.set_num_threads(previous)
     cfg.split_points = [int(b) for b in net.bounds[1:-1]]
@@ -361,14 +388,15 @@ def _info_shape(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    _one_split_rule(args)
     cfg = TrainConfig(model=args.model, subnets=args.subnets, iterations=args.iterations, balance=args.balance or "flops",
                       coarse=args.coarse, coarse_width=args.coarse_width, depth=args.depth, width=args.width,
-                      image_size=args.image_size)
+                      image_size=args.image_size, split_points=args.split_points)
     validate_network(cfg)
     at_least("--num-classes", args.num_classes, 1)
     shape, classes = _info_shape(args)
     cfg.input_shape, cfg.num_classes = list(shape), classes
-    net = build_paranet(cfg)
+    net = _built(cfg)
     if args.json:
         print(json.dumps(net.info()))
     else:
