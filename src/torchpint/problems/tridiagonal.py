@@ -64,7 +64,7 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragm
         # One right-hand side (the engine's halo images, the coarsest levels): the tile's
         # column layout would cost a strided access per row for nothing; the same operations
         # on a contiguous vector (as _solve_chain), so bitwise the same result.
-        _solve_one(u, source, space, time, dts, rows[0], d, e, g, out, mode)
+        _solve_one(u, rows[0], source, space, time, dts, rows[0], d, e, g, out, mode)
         return
     w = np.empty((n, TILE))
     tm = np.zeros(TILE)
@@ -106,19 +106,20 @@ def _solve_rows(u, source, space, time, dts, rows, d, e, g, out, mode):  # pragm
                     out[r, i] = w[i, j]
 
 
-def _solve_one(u, source, space, time, dts, r, d, e, g, out, mode):  # pragma: no cover - compiled
-    # _solve_rows for the single row r: b formed and swept forward in one pass, then the
-    # backward sweep straight into out[r] (u[r] was read completely before: out may be u).
+def _solve_one(u, ri, source, space, time, dts, r, d, e, g, out, mode):  # pragma: no cover - compiled
+    # _solve_rows for one right-hand side, from the state u[ri], written to out[r] (step size,
+    # source and g of index r): b formed and swept forward in one pass, then the backward sweep
+    # straight into out[r] (u[ri] was read completely before: it may be out[r]).
     n = u.shape[1]
     w = np.empty(n)
     dt = dts[r]
     for i in range(n):
         if mode == NO_SOURCE:
-            b = u[r, i]
+            b = u[ri, i]
         elif mode == FULL_SOURCE:
-            b = u[r, i] + source[r, i] * dt
+            b = u[ri, i] + source[r, i] * dt
         else:
-            b = u[r, i] + (space[i] * time[r]) * dt
+            b = u[ri, i] + (space[i] * time[r]) * dt
         w[i] = b - w[i - 1] * e[i - 1] if i > 0 else b
     x = w[n - 1] / d[n - 1]
     w[n - 1] = x
@@ -190,32 +191,15 @@ def _solve_intervals(u, source, space, time, dt, d, e, g, m, npts, mode):  # pra
 
 def _solve_chain(u0, source, space, time, dts, d, e, g, out, mode):  # pragma: no cover - compiled
     # out[k] = A^{-1} (out[k-1] + dts[k] f[k]) + g[k], out[-1] = u0: one right-hand side at a
-    # time (each is the previous solution), with exactly the operations of _solve_rows for a
-    # tile of one, so every point is bitwise what a batch of one would give; g[k] is added as
-    # torch's add_ does (one rounding), the next point starting from the sum.
-    n = u0.shape[0]
-    count = out.shape[0]
-    prev = u0.copy()
-    w = np.empty(n)
-    for k in range(count):
-        dt = dts[k]
-        for i in range(n):
-            if mode == NO_SOURCE:
-                b = prev[i]
-            elif mode == FULL_SOURCE:
-                b = prev[i] + source[k, i] * dt
-            else:
-                b = prev[i] + (space[i] * time[k]) * dt
-            w[i] = b - w[i - 1] * e[i - 1] if i > 0 else b
-        x = w[n - 1] / d[n - 1]
-        w[n - 1] = x
-        for i in range(n - 2, -1, -1):
-            x = w[i] / d[i] - w[i + 1] * e[i]
-            w[i] = x
-        for i in range(n):
-            v = w[i] + g[k, i] if g.shape[0] > 0 else w[i]
-            out[k, i] = v
-            prev[i] = v
+    # time (each is the previous solution) by _solve_one, the kernel of a batch of one, so every
+    # point is bitwise what a batch of one would give; g[k] is added as torch's add_ does (one
+    # rounding), the next point starting from the sum.
+    if out.shape[0] == 0:
+        return
+    out[0, :] = u0  # the first step in place from there
+    _solve_one(out, 0, source, space, time, dts, 0, d, e, g, out, mode)
+    for k in range(1, out.shape[0]):
+        _solve_one(out, k - 1, source, space, time, dts, k, d, e, g, out, mode)
 
 
 if AVAILABLE:
