@@ -8,6 +8,8 @@ the reference, docs/engine.md):
     2    nx 257,  nt 4097, 4 levels, cf 4, 1 process
     1p2  case 1 on 2 processes (the default transport: shared memory between ranks on one machine)
     1p2g case 1 on 2 processes, every message through gloo (what revisions before the transport did)
+    1n5, 1n5p2  case 1's grid and cycles with nx 5 on 1 and 2 processes: the steps cost next to
+         nothing, so the time per iteration is the engine's floor (Python, messages, waits)
 
     .venv/bin/python benchmarks/bench_engine.py --baseline 2880a57 [--rounds 8] [--cases 1,2,1p2]
     .venv/bin/python benchmarks/bench_engine.py --latency      # one message (gloo, shared memory), 2 processes
@@ -52,6 +54,10 @@ CASES: dict[str, dict[str, Any]] = {
     "1p2": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2},
     # the same with every message through gloo (revisions before the shared-memory transport had only that)
     "1p2g": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2, "transport": "gloo"},
+    # case 1's cycles on states of 3 values: the steps cost next to nothing, so what is left is
+    # the engine's floor per iteration (Python, messages, waiting for the other rank)
+    "1n5": {"nx": 5, "nt": 1025, "levels": 5, "nproc": 1},
+    "1n5p2": {"nx": 5, "nt": 1025, "levels": 5, "nproc": 2},
 }
 
 
@@ -302,6 +308,11 @@ def print_table(table: dict[str, Any], trees: list[str]) -> None:
               " i.e. what the two cores deliver together in this run)")
         for tree in trees:
             print(f"      {tree:24s} {time_scaling(table, tree):8.2f}x  ({step_scaling(table, tree):.2f}x)")
+    if "1n5" in table and "1n5p2" in table:
+        print("the engine's floor, ms per iteration with nx 5 (states of 3 values), on 1 and on 2 processes:")
+        for tree in trees:
+            one, two = (table[n][tree]["seconds"] / table[n][tree]["iterations"] * 1e3 for n in ("1n5", "1n5p2"))
+            print(f"      {tree:24s} {one:8.3f} {two:8.3f}")
 
 
 def time_scaling(table: dict[str, Any], tree: str) -> float:
@@ -530,6 +541,9 @@ def main() -> None:
     print_table(table, list(trees))
     if "1" in names and "1p2" in names:
         record["two_over_one"] = {t: {"solve": time_scaling(table, t), "steps": step_scaling(table, t)} for t in trees}
+    if "1n5" in names and "1n5p2" in names:
+        record["floor_ms_per_iter"] = {t: {n: 1e3 * table[n][t]["seconds"] / table[n][t]["iterations"]
+                                           for n in ("1n5", "1n5p2")} for t in trees}
     record["rounds"], record["repeat"] = args.rounds, args.repeat
     record["cases"] = {n: CASES[n] for n in names}
     record["table"] = table
