@@ -58,6 +58,39 @@ def test_order_tags_full_rings_and_large_messages() -> None:
     assert r1["crossed"] == [float(i) for i in range(40)]
 
 
+def _kinds() -> dict:
+    """Rank 0 sends states that numpy cannot view directly; rank 1 receives them."""
+    comm = SharedMemoryComm()
+    base = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    states = {
+        "strided": base[:, ::2],  # not contiguous: copied, not viewed
+        "requires_grad": torch.linspace(0, 1, 5, dtype=torch.float64, requires_grad=True),
+        "bfloat16": torch.tensor([1.5, -2.25, 3.0], dtype=torch.bfloat16),  # a dtype numpy lacks
+        "empty": torch.empty(0, dtype=torch.float32),
+        "dict": {"a": torch.ones(2, dtype=torch.float32), "b": torch.full((3,), 7, dtype=torch.float32)},
+    }
+    if comm.rank == 0:
+        for state in states.values():
+            comm.send(state, 1)
+        comm.wait_sends()
+        return {}
+    got = {}
+    for name, state in states.items():
+        template = {k: torch.empty_like(v) for k, v in state.items()} if isinstance(state, dict) else torch.empty_like(state.detach())
+        value = comm.recv(template, 0)
+        got[name] = {k: (v.dtype, v.tolist()) for k, v in value.items()} if isinstance(value, dict) else (value.dtype, value.tolist())
+    return got
+
+
+def test_every_kind_of_state_arrives_intact() -> None:
+    got = run_workers(_kinds, 2)[1]
+    assert got["strided"] == (torch.float64, [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]])
+    assert got["requires_grad"] == (torch.float64, torch.linspace(0, 1, 5, dtype=torch.float64).tolist())
+    assert got["bfloat16"] == (torch.bfloat16, [1.5, -2.25, 3.0])
+    assert got["empty"] == (torch.float32, [])
+    assert got["dict"] == {"a": (torch.float32, [1.0, 1.0]), "b": (torch.float32, [7.0, 7.0, 7.0])}
+
+
 def _sums() -> dict:
     comm = default_comm()
     # Addition in rank order gives (1e16 + 1) - 1e16 = 0 on every rank: the same bits everywhere.
