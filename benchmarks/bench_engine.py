@@ -8,8 +8,10 @@ the reference, docs/engine.md):
     2    nx 257,  nt 4097, 4 levels, cf 4, 1 process
     1p2  case 1 on 2 processes (the default transport: shared memory between ranks on one machine)
     1p2g case 1 on 2 processes, every message through gloo (what revisions before the transport did)
+    1p2s case 1 on 2 processes, rank 0 waiting for every iteration's residual sum (--no-run-ahead)
     1n5, 1n5p2  case 1's grid and cycles with nx 5 on 1 and 2 processes: the steps cost next to
          nothing, so the time per iteration is the engine's floor (Python, messages, waits)
+    1w, 1wp2    case 1 with nx 4097 (the demo's size) on 1 and 2 processes: the floor weighs half
 
     .venv/bin/python benchmarks/bench_engine.py --baseline 2880a57 [--rounds 8] [--cases 1,2,1p2]
     .venv/bin/python benchmarks/bench_engine.py --latency      # one message (gloo, shared memory), 2 processes
@@ -54,10 +56,15 @@ CASES: dict[str, dict[str, Any]] = {
     "1p2": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2},
     # the same with every message through gloo (revisions before the shared-memory transport had only that)
     "1p2g": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2, "transport": "gloo"},
+    # the same with rank 0 waiting for every iteration's residual sum (no run-ahead)
+    "1p2s": {"nx": 2049, "nt": 1025, "levels": 5, "nproc": 2, "run_ahead": False},
     # case 1's cycles on states of 3 values: the steps cost next to nothing, so what is left is
     # the engine's floor per iteration (Python, messages, waiting for the other rank)
     "1n5": {"nx": 5, "nt": 1025, "levels": 5, "nproc": 1},
     "1n5p2": {"nx": 5, "nt": 1025, "levels": 5, "nproc": 2},
+    # case 1 with states twice as large (the demo's engine size): the same floor weighs half as much
+    "1w": {"nx": 4097, "nt": 1025, "levels": 5, "nproc": 1},
+    "1wp2": {"nx": 4097, "nt": 1025, "levels": 5, "nproc": 2},
 }
 
 
@@ -79,6 +86,10 @@ class CountingComm:
         self.reductions += 1
         return self.inner.sum(*args, **kwargs)
 
+    def isum(self, *args: Any, **kwargs: Any) -> Any:
+        self.reductions += 1
+        return self.inner.isum(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:  # everything else as the wrapped Comm
         return getattr(self.inner, name)
 
@@ -92,9 +103,8 @@ def timed_solve(case: dict[str, Any]) -> dict[str, Any]:
     from torchpint.cli.solve import SolveConfig, build_solver
 
     torch.set_num_threads(1)
-    extra = {}
-    if "transport" in case and "transport" in {f.name for f in dataclasses.fields(SolveConfig)}:
-        extra["transport"] = case["transport"]
+    known = {f.name for f in dataclasses.fields(SolveConfig)}  # (older revisions lack some options)
+    extra = {k: case[k] for k in ("transport", "run_ahead") if k in case and k in known}
     config = SolveConfig(problem="heat1d", nx=case["nx"], nt=case["nt"], levels=case["levels"], cf=[4],
                          relax="FCF", cycle="V", nested=False, tol=1e-9, max_iter=100, verbose=False, **extra)
     build_solver(config).solve()  # warm-up
@@ -303,11 +313,13 @@ def print_table(table: dict[str, Any], trees: list[str]) -> None:
             print(f"{name:5s} {'ratio (baseline/work)':24s} {row['ratio']:8.2f}x {row['cpu_ratio']:6.2f}x"
                   f"   same steps per level: {row['same_steps']},"
                   f" history max rel. diff {row['history_max_rel_diff']:.1e}")
-    if "1" in table and "1p2" in table:
-        print("case 1, 2 processes over 1: solve time (the steps' own speed-up, 2 x step us on 1 / on 2,"
-              " i.e. what the two cores deliver together in this run)")
-        for tree in trees:
-            print(f"      {tree:24s} {time_scaling(table, tree):8.2f}x  ({step_scaling(table, tree):.2f}x)")
+    for one, two in SCALING_PAIRS:
+        if one in table and two in table:
+            print(f"case {one}, 2 processes over 1: solve time (the steps' own speed-up, 2 x step us on 1 / on 2,"
+                  " i.e. what the two cores deliver together in this run)")
+            for tree in trees:
+                print(f"      {tree:24s} {time_scaling(table, tree, one, two):8.2f}x"
+                      f"  ({step_scaling(table, tree, one, two):.2f}x)")
     if "1n5" in table and "1n5p2" in table:
         print("the engine's floor, ms per iteration with nx 5 (states of 3 values), on 1 and on 2 processes:")
         for tree in trees:
@@ -315,19 +327,22 @@ def print_table(table: dict[str, Any], trees: list[str]) -> None:
             print(f"      {tree:24s} {one:8.3f} {two:8.3f}")
 
 
-def time_scaling(table: dict[str, Any], tree: str) -> float:
-    """Case 1's solve time on 1 process over that on 2."""
-    return table["1"][tree]["seconds"] / table["1p2"][tree]["seconds"]
+SCALING_PAIRS = (("1", "1p2"), ("1w", "1wp2"))  # the same case on 1 and on 2 processes
 
 
-def step_scaling(table: dict[str, Any], tree: str) -> float:
+def time_scaling(table: dict[str, Any], tree: str, one: str = "1", two: str = "1p2") -> float:
+    """A case's solve time on 1 process over that on 2 (case 1 by default)."""
+    return table[one][tree]["seconds"] / table[two][tree]["seconds"]
+
+
+def step_scaling(table: dict[str, Any], tree: str, one: str = "1", two: str = "1p2") -> float:
     """How much faster 2 processes step than 1 in this run, from the step cost per state alone.
 
     The steps divide exactly (each rank steps half the states), so this is the two cores'
     combined throughput for the kernel over one core's: the ceiling of the solve's speed-up
     on this machine at this time, whatever the engine does around the steps.
     """
-    return 2 * table["1"][tree]["step_us"] / table["1p2"][tree]["step_us"]
+    return 2 * table[one][tree]["step_us"] / table[two][tree]["step_us"]
 
 
 def time_pymgrit(python: str) -> dict | None:
@@ -541,6 +556,9 @@ def main() -> None:
     print_table(table, list(trees))
     if "1" in names and "1p2" in names:
         record["two_over_one"] = {t: {"solve": time_scaling(table, t), "steps": step_scaling(table, t)} for t in trees}
+    if "1w" in names and "1wp2" in names:
+        record["two_over_one_1w"] = {t: {"solve": time_scaling(table, t, "1w", "1wp2"),
+                                         "steps": step_scaling(table, t, "1w", "1wp2")} for t in trees}
     if "1n5" in names and "1n5p2" in names:
         record["floor_ms_per_iter"] = {t: {n: 1e3 * table[n][t]["seconds"] / table[n][t]["iterations"]
                                            for n in ("1n5", "1n5p2")} for t in trees}

@@ -75,6 +75,9 @@ def traced_solve(case: str, transport_name: str = "auto", kernels: str = "") -> 
         shm.SharedMemoryComm.irecv = wrap("msg: post receive", shm.SharedMemoryComm.irecv)
         shm.SharedMemoryComm.send = wrap("msg: send", shm.SharedMemoryComm.send)
         shm.SharedMemoryComm.sum = wrap("msg: all-reduce", shm.SharedMemoryComm.sum)
+        if hasattr(shm, "SharedMemorySum"):  # the residual's sum started now, completed later
+            shm.SharedMemoryComm.isum = wrap("msg: all-reduce", shm.SharedMemoryComm.isum)
+            shm.SharedMemorySum.wait = wrap("msg: all-reduce", shm.SharedMemorySum.wait)
         # recv is what wait calls: wrapped for the blocking receives only
         plain_recv = shm.SharedMemoryComm.recv
         shm.SharedMemoryComm.recv = wrap("msg: blocking receive", plain_recv)

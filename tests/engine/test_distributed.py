@@ -73,3 +73,76 @@ def test_nan_in_one_rank_stops_every_rank_with_the_iteration() -> None:
     config = dataclasses.replace(CONFIGS[0], verbose=False, fault={"kind": "nan", "after_steps": 150, "rank": 1})
     with pytest.raises(WorkerError, match=r"iteration \d+: the space-time residual is not finite"):
         run_workers(solve_many, 2, ([config],), timeout_s=120)
+
+
+class _SlowOnRank1:
+    """Heat1D whose batched steps take 2 ms longer on rank 1: rank 0 ends its iterations first."""
+
+    def __init__(self) -> None:
+        from torchpint.problems import Heat1D, default_rhs
+
+        self.inner = Heat1D(0.0, 2.0, 33, rhs=default_rhs())
+
+    def initial_value(self) -> torch.Tensor:
+        return self.inner.initial_value()
+
+    def step(self, u, t_start, t_stop):
+        return self.inner.step(u, t_start, t_stop)
+
+    def step_batch(self, u, t_start, t_stop):
+        import os
+        import time
+
+        if os.environ.get("RANK") == "1":
+            time.sleep(0.002)
+        return self.inner.step_batch(u, t_start, t_stop)
+
+
+def _solve_running_ahead(run_ahead: bool, fault: dict | None = None) -> dict:
+    """Case-1-like solve on 2 ranks (shared memory) that records, on each rank, the callbacks and
+    how often the rank left an iteration with its residual's sum still open."""
+    from torchpint.engine import MGRIT, default_comm, time_grid
+    from torchpint.engine.mgrit import NonFiniteError
+    from torchpint.engine.shm import SharedMemorySum
+    from torchpint.testing.faults import FaultyProblem
+
+    torch.set_num_threads(1)
+    comm = default_comm()
+    went_on = []
+    done = SharedMemorySum.done
+
+    def counting_done(self):
+        complete = done(self)
+        went_on.append(not complete)  # only a rank that need not wait asks without waiting
+        return complete
+
+    SharedMemorySum.done = counting_done
+    problem = _SlowOnRank1() if fault is None else FaultyProblem(_SlowOnRank1(), **fault)
+    seen = []
+    solver = MGRIT(problem, time_grid(0.0, 2.0, 129), levels=3, cf=4, relax="FCF", nested=False, tol=1e-10,
+                   max_iter=20, comm=comm, run_ahead=run_ahead, callback=lambda k, r, f: seen.append((k, r, f)))
+    try:
+        result = solver.solve()
+    except NonFiniteError as error:
+        return {"kind": type(comm).__name__, "nan_at": error.iteration, "went_on": sum(went_on)}
+    return {"kind": type(comm).__name__, "residuals": result.residuals, "u": result.u.tolist(), "seen": seen,
+            "went_on": sum(went_on)}
+
+
+def test_rank_0_runs_ahead_of_the_sum_with_the_same_bits() -> None:
+    """Rank 0 goes on while the later rank still works (it asked and did not wait), and everything
+    it reports is the same as without running ahead: residuals, solution, callbacks in order."""
+    ahead = run_workers(_solve_running_ahead, 2, (True,), timeout_s=240)
+    plain = run_workers(_solve_running_ahead, 2, (False,), timeout_s=240)
+    assert ahead[0]["kind"] == "SharedMemoryComm"
+    assert ahead[0]["went_on"] > 0 and plain[0]["went_on"] == 0
+    assert ahead[1]["went_on"] == 0  # the later rank never runs ahead
+    for a, p in zip(ahead, plain):
+        assert a["residuals"] == p["residuals"] and a["u"] == p["u"]
+        assert a["seen"] == p["seen"] == [(k + 1, r, f) for k, (r, f) in
+                                          enumerate(zip(p["residuals"], [None] + [b / a for a, b in zip(p["residuals"], p["residuals"][1:])]))]
+
+
+def test_a_nan_on_the_later_rank_stops_rank_0_running_ahead_at_the_same_iteration() -> None:
+    got = run_workers(_solve_running_ahead, 2, (True, {"kind": "nan", "after_steps": 600, "rank": 1}), timeout_s=120)
+    assert "nan_at" in got[0] and got[0]["nan_at"] == got[1]["nan_at"] > 1

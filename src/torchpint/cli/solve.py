@@ -61,6 +61,9 @@ class SolveConfig:
     reverse_ranks: bool = False
     # messages between ranks: "auto" (shared memory when all ranks are on this machine), "shm", "gloo"
     transport: str = "auto"
+    # rank 0 starts the next iteration before the residual's sum is complete when its own part shows
+    # the iteration is not the last (MGRIT's run_ahead; the same results)
+    run_ahead: bool = True
     # output
     verbose: bool = True
     return_solution: bool = False
@@ -107,6 +110,7 @@ def build_solver(config: SolveConfig, callback: Any = None, comm: Comm | None = 
         allow_partial=config.allow_partial,
         coarse_storage=config.coarse_storage,
         comm=comm,
+        run_ahead=config.run_ahead,
     )
 
 
@@ -156,6 +160,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", default="auto", choices=TRANSPORTS,
                         help="messages between ranks: shared memory when all ranks are on this machine (auto), "
                              "always shared memory (shm), or the process group's gloo")
+    parser.add_argument("--run-ahead", action=argparse.BooleanOptionalAction, default=True,
+                        help="rank 0 starts the next iteration while the residual's sum over ranks is still "
+                             "out when its own part shows the iteration is not the last (same results)")
     parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
     parser.add_argument("--x-start", type=float, default=0.0)
     parser.add_argument("--x-end", type=float, default=2.0)
@@ -203,6 +210,7 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
         lam=args.lam,
         method=args.method,
         transport=args.transport,
+        run_ahead=args.run_ahead,
         fault=fault,
     )
 

@@ -5,7 +5,8 @@ MGRIT needs only three kinds of exchange:
 * the *halo*: a rank needs the value at the point just before its first point, which the
   previous non-empty rank owns (point-to-point, always forward in time, so no cycle of
   waits can form);
-* a *sum* over ranks (the space-time residual norm);
+* a *sum* over ranks (the space-time residual norm), blocking or started now and completed
+  later (``isum``: a rank that need not wait for the result goes on meanwhile);
 * a *gather* of the local trajectories (to hand the whole solution to the caller).
 
 The networks built on the engine (parareal networks, layer-parallel ResNets) need three more,
@@ -43,9 +44,11 @@ class Comm(Protocol):
 
     def irecv(self, template: State, src: int) -> PendingRecv: ...
 
-    def wait_sends(self) -> None: ...
+    def wait_sends(self, block: bool = True) -> None: ...
 
     def sum(self, value: torch.Tensor) -> torch.Tensor: ...
+
+    def isum(self, value: torch.Tensor) -> PendingSum: ...
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]: ...
 
@@ -72,6 +75,30 @@ class PendingRecv:
         return unflatten(self.buffer.to(flatten(self.template).device), self.template)
 
 
+class PendingSum(Protocol):
+    """A sum started with ``isum``: ``done()`` says without waiting whether it is complete, ``wait()`` gives it.
+
+    Sums complete in the order they were started: only the oldest one still open may be asked.
+    """
+
+    def done(self) -> bool: ...
+
+    def wait(self) -> torch.Tensor: ...
+
+
+@dataclass
+class CompletedSum:
+    """The ``isum`` of a comm whose sum is blocking (or of one rank): complete from the start."""
+
+    total: torch.Tensor
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> torch.Tensor:
+        return self.total
+
+
 class SerialComm:
     """One rank: every exchange is a no-op (there is no other rank to talk to)."""
 
@@ -87,11 +114,14 @@ class SerialComm:
     def irecv(self, template: State, src: int) -> PendingRecv:  # pragma: no cover - never called
         raise RuntimeError("SerialComm has no other rank to receive from")
 
-    def wait_sends(self) -> None:
+    def wait_sends(self, block: bool = True) -> None:
         return None
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         return value
+
+    def isum(self, value: torch.Tensor) -> PendingSum:
+        return CompletedSum(value)
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
         return [local]
@@ -204,7 +234,10 @@ class DistComm:
         buffer = torch.empty(flat.numel(), dtype=flat.dtype, device=self.device)
         return PendingRecv(dist.irecv(buffer, self._global(src), group=self.group), buffer, template)
 
-    def wait_sends(self) -> None:
+    def wait_sends(self, block: bool = True) -> None:
+        """Wait until every message posted so far has been sent; ``block=False``: not now (they stay tracked)."""
+        if not block:
+            return
         for work in self._pending:
             work.wait()
         self._pending.clear()
@@ -214,6 +247,11 @@ class DistComm:
         buffer = value.detach().to(self.device, torch.float64).clone()
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group)
         return buffer.to(value.device)
+
+    def isum(self, value: torch.Tensor) -> PendingSum:
+        # Blocking here: an all-reduce left in flight beside the point-to-point messages of the
+        # next iteration is not something every backend orders safely.
+        return CompletedSum(self.sum(value))
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
         """All ranks' 1-D tensors (of possibly different lengths), in rank order."""
@@ -253,11 +291,14 @@ class ReversedComm:
     def irecv(self, template: State, src: int) -> PendingRecv:
         return self.inner.irecv(template, self._map(src))
 
-    def wait_sends(self) -> None:
-        self.inner.wait_sends()
+    def wait_sends(self, block: bool = True) -> None:
+        self.inner.wait_sends(block)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         return self.inner.sum(value)
+
+    def isum(self, value: torch.Tensor) -> PendingSum:
+        return self.inner.isum(value)
 
     def all_gather_sizes(self, local: torch.Tensor) -> list[torch.Tensor]:
         return list(reversed(self.inner.all_gather_sizes(local)))

@@ -15,6 +15,13 @@ compare one to one:
   ``i >= 1`` of the finest level, combined in the 2-norm; stop when it is below ``tol`` (or
   below ``rtol`` times the first iteration's residual).
 
+With several ranks the residual's sum over ranks is the one point where the first rank waits
+for the others (information flows forward in time only).  With ``run_ahead`` it does not wait
+when its own part of the residual already shows the iteration cannot be the last (the sum of
+non-negative parts is at least each part, exactly so in floating point): it starts the next
+iteration, its halos reach the later ranks earlier, and the sum is collected when it has
+arrived.  Histories and solutions are the same bits; rank 0's callback may come an iteration late.
+
 Communication lives in :mod:`torchpint.engine.comm`, layout in :mod:`~torchpint.engine.grid`,
 relaxation in :mod:`~torchpint.engine.relax`, transfers in :mod:`~torchpint.engine.transfer`;
 this module only sequences them.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +40,7 @@ import numpy as np
 import torch
 
 from torchpint import errors
-from torchpint.engine.comm import Comm, default_comm
+from torchpint.engine.comm import Comm, PendingSum, default_comm
 from torchpint.engine.grid import coarsen, layouts
 from torchpint.engine.level import Level
 from torchpint.engine.problem import Problem
@@ -65,6 +73,9 @@ class NonFiniteError(errors.NonFiniteError):
 
 
 IterationCallback = Callable[[int, float, float | None], None]
+# With run_ahead, at most this many residual sums are open on rank 0 (this iteration's and the
+# one before): enough to absorb a later rank's lag, bounded in the messages queued meanwhile.
+_OPEN_SUMS = 2
 
 
 def time_grid(t_start: float, t_stop: float, nt: int) -> torch.Tensor:
@@ -120,6 +131,11 @@ class MGRIT:
         partition: each rank's block ``[lo, hi)`` of the finest grid (default: balanced blocks).
         allow_partial: accept levels whose last C-interval is partial (``nt - 1`` not divisible
             by the coarsening); by default such a grid is refused.
+        run_ahead: rank 0 starts the next iteration without waiting for the residual's sum
+            over ranks when its own part of it is already at or above the tolerance (see the
+            module note); the same results, rank 0's ``callback`` possibly an iteration late.
+            Only where the comm's ``isum`` does not block (shared-memory messages), and not
+            while ``solve`` takes snapshots.
     """
 
     def __init__(
@@ -143,6 +159,7 @@ class MGRIT:
         callback: IterationCallback | None = None,
         partition: Sequence[tuple[int, int]] | None = None,
         allow_partial: bool = False,
+        run_ahead: bool = True,
     ) -> None:
         t = torch.as_tensor(t, dtype=torch.float64)
         cfs = [cf] * max(levels - 1, 0) if isinstance(cf, int) else list(cf)
@@ -183,6 +200,7 @@ class MGRIT:
         self.coarse_storage = coarse_storage
         self.gather = gather
         self.callback = callback
+        self.run_ahead = bool(run_ahead)
         self.layouts = layouts(
             self.grids, self.cf, self.comm.rank, self.comm.size, list(partition) if partition is not None else None
         )
@@ -209,6 +227,7 @@ class MGRIT:
             "rtol": self.rtol,
             "max_iter": self.max_iter,
             "coarse_storage": self.coarse_storage,
+            "run_ahead": self.run_ahead,
             "nproc": self.comm.size,
         }
 
@@ -275,6 +294,11 @@ class MGRIT:
 
     def _residual_norm(self, finest: Level) -> tuple[float, Cached]:
         """The space-time residual norm, and the C-point images it was computed from."""
+        local, cached = self._residual_part(finest)
+        return math.sqrt(float(self.comm.sum(local))), cached
+
+    def _residual_part(self, finest: Level) -> tuple[torch.Tensor, Cached]:
+        """This rank's part of the squared residual norm, and the C-point images it was computed from."""
         assert finest.u is not None
         # In scratch storage: the same temporaries every iteration (the images stay valid for
         # the next cycle, which reads them before the next residual check).
@@ -283,7 +307,20 @@ class MGRIT:
         local = torch.zeros((), dtype=torch.float64)
         if residual is not None:
             local = batch_sq_norms(residual[1], overwrite=True).sum()
-        return math.sqrt(float(self.comm.sum(local))), cached
+        return local, cached
+
+    def _not_last(self, local: torch.Tensor, residuals: list[float]) -> bool:
+        """Whether this rank's part alone shows the iteration is not converged (never for NaN).
+
+        The total is a sum of non-negative parts, each rounding of which can only grow it, so
+        ``sqrt(total) >= sqrt(part)``: a part at or above the tolerance decides alike on every rank.
+        """
+        part = math.sqrt(float(local))
+        if not part >= self.tol:
+            return False
+        if self.rtol > 0:
+            return bool(residuals) and part >= self.rtol * residuals[0]
+        return True
 
     # ------------------------------------------------------------------ solve
     def solve(
@@ -333,24 +370,45 @@ class MGRIT:
             with timer.phase("residual"):
                 _, cached = self._residual_norm(levels[0])
             self.comm.wait_sends()
+        # Rank 0 is the one rank that waits for nobody within an iteration, so it alone may run
+        # ahead of the sum (a later rank that did could wait forever for a halo from a rank that
+        # has stopped on a non-finite residual).  While a sum is open it waits for nothing else
+        # (its sends are only pushed), and it is never more than _OPEN_SUMS sums ahead: every
+        # other rank posts its part before it can stop, so waiting for a sum always ends.
+        ahead = self.run_ahead and snapshot is None and self.comm.rank == 0 and self.comm.size > 1
+        open_sums: deque[tuple[int, PendingSum]] = deque()  # (iteration, its sum over ranks), oldest first
+
+        def collect(block: bool) -> None:
+            """Take in the sums that have arrived (all of them if ``block``), in iteration order."""
+            while open_sums and (block or open_sums[0][1].done()):
+                iteration, pending = open_sums.popleft()
+                norm = math.sqrt(float(pending.wait()))
+                if not math.isfinite(norm):
+                    raise NonFiniteError(iteration)
+                residuals.append(norm)
+                factor = norm / residuals[-2] if len(residuals) > 1 and residuals[-2] > 0 else None
+                if self.callback is not None:
+                    self.callback(iteration, norm, factor)
+                if snapshot is not None:
+                    assert levels[0].u is not None
+                    snapshot(iteration, levels[0].u)
+
         for iteration in range(len(residuals) + 1, self.max_iter + 1):
             if converged:
                 break
             self._cycle(levels, 0, self.cycle, first_f=iteration == 1, cached=cached)
             with timer.phase("residual"):
-                norm, cached = self._residual_norm(levels[0])
-            # Every message of this iteration has been received by now: release the send handles.
-            self.comm.wait_sends()
-            if not math.isfinite(norm):
-                raise NonFiniteError(iteration)
-            residuals.append(norm)
-            factor = norm / residuals[-2] if len(residuals) > 1 and residuals[-2] > 0 else None
-            if self.callback is not None:
-                self.callback(iteration, norm, factor)
-            converged = self._converged(residuals)
-            if snapshot is not None:
-                assert levels[0].u is not None
-                snapshot(iteration, levels[0].u)
+                local, cached = self._residual_part(levels[0])
+                open_sums.append((iteration, self.comm.isum(local)))
+                collect(block=not (ahead and len(open_sums) <= _OPEN_SUMS and self._not_last(local, residuals)))
+            if open_sums:
+                self.comm.wait_sends(block=False)
+            else:  # every message of the iteration has been received by now: release the send handles
+                self.comm.wait_sends()
+            # With a sum still open this iteration is known not to be the last.
+            converged = not open_sums and self._converged(residuals)
+        with timer.phase("residual"):
+            collect(block=True)  # (max_iter reached while running ahead)
         solve_seconds = time.perf_counter() - start
 
         t, u = self._collect(levels[0])

@@ -23,7 +23,8 @@ fence is needed; elsewhere :func:`make_comm` keeps gloo.
   order); the gloo collectives (``broadcast``, ``gather_object``, ``all_gather_sizes``) are
   inherited from :class:`DistComm` and first push out everything queued.
 * ``sum`` is all-to-all through the rings and adds in rank order, so every rank gets the same
-  bits (the convergence decision must agree everywhere).
+  bits (the convergence decision must agree everywhere); ``isum`` posts this rank's part at once
+  and receives the others' when asked (``done()`` without waiting), in the order started.
 """
 
 from __future__ import annotations
@@ -177,6 +178,61 @@ class SharedMemoryPendingRecv:
         return self.comm.recv(self.template, self.src)
 
 
+class SharedMemorySum:
+    """A sum started by :meth:`SharedMemoryComm.isum`: the other ranks' parts are read as they arrive.
+
+    The parts of every sum travel on one tag, so the n-th part from a rank belongs to the n-th
+    sum: sums must complete in the order they were started (asking a younger one is an error).
+    The total adds the parts in rank order, as :meth:`SharedMemoryComm.sum`: the same bits.
+    """
+
+    def __init__(self, comm: SharedMemoryComm, mine: torch.Tensor, device: torch.device) -> None:
+        self.comm, self.device = comm, device
+        self.parts: list[torch.Tensor | None] = [None] * comm.size
+        self.parts[comm.rank] = mine
+        self.total: torch.Tensor | None = None
+
+    def _oldest(self) -> None:
+        if not self.comm._sums or self.comm._sums[0] is not self:
+            raise RuntimeError("sums started with isum must complete in the order they were started")
+
+    def done(self) -> bool:
+        if self.total is not None:
+            return True
+        self._oldest()
+        mine = self.parts[self.comm.rank]
+        assert mine is not None
+        for src, part in enumerate(self.parts):
+            if part is None:
+                buffer = torch.empty(tuple(mine.shape), dtype=torch.float64)
+                if not self.comm._poll(src, _SUM_TAG, _as_bytes(buffer)):
+                    return False
+                self.parts[src] = buffer
+        self._finish()
+        return True
+
+    def wait(self) -> torch.Tensor:
+        if self.total is None:
+            self._oldest()
+            mine = self.parts[self.comm.rank]
+            assert mine is not None
+            for src, part in enumerate(self.parts):
+                if part is None:
+                    self.parts[src] = self.comm.recv_tensor(tuple(mine.shape), torch.float64, src, _SUM_TAG)
+            self._finish()
+        assert self.total is not None
+        return self.total
+
+    def _finish(self) -> None:
+        total = None
+        for part in self.parts:
+            assert part is not None
+            total = part.clone() if total is None else total + part
+        assert total is not None
+        self.total = total.to(self.device)
+        self.comm._sums.popleft()
+
+
 class SharedMemoryComm(DistComm):
     """:class:`DistComm` with point-to-point messages and ``sum`` through shared memory.
 
@@ -237,6 +293,7 @@ class SharedMemoryComm(DistComm):
         self._stash: dict[tuple[int, int], deque[torch.Tensor]] = {}
         self._gloo_sends: list[dist.Work] = []
         self._gloo_buffers: list[torch.Tensor] = []
+        self._sums: deque[SharedMemorySum] = deque()  # started, not yet complete (oldest first)
 
     # --- sending
     def send(self, state: State, dst: int) -> None:
@@ -276,7 +333,15 @@ class SharedMemoryComm(DistComm):
             empty = empty and not queue
         return empty
 
-    def wait_sends(self) -> None:
+    def wait_sends(self, block: bool = True) -> None:
+        """Wait until every queued record is in its ring and every large payload sent.
+
+        ``block=False``: only move into the rings what fits now (a rank running ahead of a sum
+        must not wait for a peer that may have stopped; what stays queued moves at its next wait).
+        """
+        if not block:
+            self._push()
+            return
         self._flushed()
         for work in self._gloo_sends:
             work.wait()
@@ -398,16 +463,16 @@ class SharedMemoryComm(DistComm):
 
     # --- collectives
     def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return self.isum(value).wait()
+
+    def isum(self, value: torch.Tensor) -> SharedMemorySum:  # type: ignore[override]
         mine = value.detach().to("cpu", torch.float64).contiguous()
         for dst in range(self.size):
             if dst != self.rank:
                 self._post(_as_bytes(mine), dst, _SUM_TAG)
-        total = None
-        for src in range(self.size):
-            part = mine if src == self.rank else self.recv_tensor(tuple(mine.shape), torch.float64, src, _SUM_TAG)
-            total = part.clone() if total is None else total + part
-        assert total is not None
-        return total.to(value.device)
+        pending = SharedMemorySum(self, mine, value.device)
+        self._sums.append(pending)
+        return pending
 
     def _flushed(self) -> None:
         """Wait until every queued record is in its ring (the gloo collectives must not overtake them)."""
