@@ -144,3 +144,28 @@ def test_nan_step_stops_and_names_the_iteration() -> None:
 def test_bad_partition_is_refused(partition) -> None:
     with pytest.raises(GridError, match="partition"):
         MGRIT(Dahlquist(), time_grid(0, 1, 65), levels=2, partition=partition)
+
+
+def test_a_comm_with_only_a_blocking_sum_still_works() -> None:
+    """A comm of the user's own written before ``isum`` existed: the solve uses its ``sum``."""
+    from torchpint.engine import MGRIT, SerialComm, time_grid
+    from torchpint.problems import Dahlquist
+
+    class OldComm:
+        rank, size = 0, 1
+
+        def __init__(self) -> None:
+            self.sums = 0
+
+        def sum(self, value):
+            self.sums += 1
+            return value
+
+        def wait_sends(self) -> None:
+            pass
+
+    old = OldComm()
+    grid = time_grid(0.0, 5.0, 65)
+    ours = MGRIT(Dahlquist(), grid, levels=3, cf=2, tol=1e-10, comm=old).solve()
+    ref = MGRIT(Dahlquist(), grid, levels=3, cf=2, tol=1e-10, comm=SerialComm()).solve()
+    assert ours.residuals == ref.residuals and old.sums == ours.iterations

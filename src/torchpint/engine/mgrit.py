@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from torchpint import errors
-from torchpint.engine.comm import Comm, PendingSum, default_comm
+from torchpint.engine.comm import Comm, CompletedSum, PendingSum, default_comm
 from torchpint.engine.grid import coarsen, layouts
 from torchpint.engine.level import Level
 from torchpint.engine.problem import Problem
@@ -377,6 +377,8 @@ class MGRIT:
         # other rank posts its part before it can stop, so waiting for a sum always ends.
         ahead = self.run_ahead and snapshot is None and self.comm.rank == 0 and self.comm.size > 1
         open_sums: deque[tuple[int, PendingSum]] = deque()  # (iteration, its sum over ranks), oldest first
+        # (a comm of the user's own may have only the blocking sum)
+        isum = getattr(self.comm, "isum", None) or (lambda value: CompletedSum(self.comm.sum(value)))
 
         def collect(block: bool) -> None:
             """Take in the sums that have arrived (all of them if ``block``), in iteration order."""
@@ -399,7 +401,7 @@ class MGRIT:
             self._cycle(levels, 0, self.cycle, first_f=iteration == 1, cached=cached)
             with timer.phase("residual"):
                 local, cached = self._residual_part(levels[0])
-                open_sums.append((iteration, self.comm.isum(local)))
+                open_sums.append((iteration, isum(local)))
                 collect(block=not (ahead and len(open_sums) <= _OPEN_SUMS and self._not_last(local, residuals)))
             if open_sums:
                 self.comm.wait_sends(block=False)
