@@ -445,7 +445,10 @@ class _Heartbeat:
                     return [f"the rank(s) on the rendezvous host {os.environ.get('MASTER_ADDR', '?')}"]
                 if now - float(stamp) > _STALE_S:
                     gone.append(f"rank {peer} on {host}")
-            if gone or time.time() > deadline:
+            # The deadline against the time of this pass's view, not the time after it: on a
+            # loaded machine the store calls of a pass can take long, and a pass begun just before
+            # a dead peer's beat went stale must not be the last one.
+            if gone or now > deadline:
                 return gone
             time.sleep(0.2)
 
