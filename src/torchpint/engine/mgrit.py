@@ -312,8 +312,9 @@ class MGRIT:
     def _not_last(self, local: torch.Tensor, residuals: list[float]) -> bool:
         """Whether this rank's part alone shows the iteration is not converged (never for NaN).
 
-        The total is a sum of non-negative parts, each rounding of which can only grow it, so
-        ``sqrt(total) >= sqrt(part)``: a part at or above the tolerance decides alike on every rank.
+        The total adds non-negative parts, and adding a non-negative number never gives less than
+        what it is added to, after rounding too (rounding is monotone), so ``sqrt(total) >=
+        sqrt(part)``: a part at or above the tolerance decides alike on every rank.
         """
         part = math.sqrt(float(local))
         if not part >= self.tol:
