@@ -104,7 +104,7 @@ def timed_solve(case: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     known = {f.name for f in dataclasses.fields(SolveConfig)}  # (older revisions lack some options)
-    extra = {k: case[k] for k in ("transport", "run_ahead") if k in case and k in known}
+    extra = {k: case[k] for k in ("transport", "run_ahead", "replay") if k in case and k in known}
     config = SolveConfig(problem="heat1d", nx=case["nx"], nt=case["nt"], levels=case["levels"], cf=[4],
                          relax="FCF", cycle="V", nested=False, tol=1e-9, max_iter=100, verbose=False, **extra)
     build_solver(config).solve()  # warm-up

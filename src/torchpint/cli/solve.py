@@ -64,6 +64,8 @@ class SolveConfig:
     # rank 0 starts the next iteration before the residual's sum is complete when its own part shows
     # the iteration is not the last (MGRIT's run_ahead; the same results)
     run_ahead: bool = True
+    # record the second iteration and replay it for the later ones (MGRIT's replay; the same results)
+    replay: bool = True
     # output
     verbose: bool = True
     return_solution: bool = False
@@ -111,6 +113,7 @@ def build_solver(config: SolveConfig, callback: Any = None, comm: Comm | None = 
         coarse_storage=config.coarse_storage,
         comm=comm,
         run_ahead=config.run_ahead,
+        replay=config.replay,
     )
 
 
@@ -163,6 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-ahead", action=argparse.BooleanOptionalAction, default=True,
                         help="rank 0 starts the next iteration while the residual's sum over ranks is still "
                              "out when its own part shows the iteration is not the last (same results)")
+    parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=True,
+                        help="record the second iteration's steps, messages and array operations and replay "
+                             "them for the later iterations, without the cycle's Python (same results)")
     parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
     parser.add_argument("--x-start", type=float, default=0.0)
     parser.add_argument("--x-end", type=float, default=2.0)
@@ -211,6 +217,7 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
         method=args.method,
         transport=args.transport,
         run_ahead=args.run_ahead,
+        replay=args.replay,
         fault=fault,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +18,9 @@ from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
 from torchpint.engine.state import State, add, empty_stack, expand, length, single, take
 from torchpint.engine.timing import PhaseTimer
+
+if TYPE_CHECKING:
+    from torchpint.engine.replay import IterationRecorder, Slot
 
 
 @dataclass
@@ -48,6 +52,13 @@ class Level:
     _runs: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     _scratch: dict[str, State] = field(default_factory=dict, repr=False)  # see scratch()
     _pair_template: State | None = field(default=None, repr=False)  # see post_halo()
+    # While an iteration is recorded for replay: every call into the problem or the comm goes
+    # through it (engine/replay.py).
+    recorder: IterationRecorder | None = field(default=None, repr=False)
+
+    def _opaque(self, fn: Callable[[], Any]) -> Any:
+        """Run a call into the problem or the comm (one operation of a recorded iteration)."""
+        return fn() if self.recorder is None else self.recorder.call(fn)
 
     # ------------------------------------------------------------------ stepping
     def _slices(self, first: int, count: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +86,8 @@ class Level:
         self.steps_taken += count
         with self.timer.phase("step"):
             if out is None:
-                return step_batch(self.problem, u, t0, t1)
-            step_batch_into(self.problem, u, t0, t1, out, g)
+                return self._opaque(lambda: step_batch(self.problem, u, t0, t1))
+            self._opaque(lambda: step_batch_into(self.problem, u, t0, t1, out, g))
             return out
 
     def chain(self, u: State, first: int, count: int, out: State) -> None:
@@ -97,7 +108,7 @@ class Level:
         g = None if self.g is None else self.g[first + 1 - lo : first + 1 - lo + count]
         self.steps_taken += count
         with self.timer.phase("step"):
-            sequence(u, t0, t1, out, g)
+            self._opaque(lambda: sequence(u, t0, t1, out, g))
 
     def relax_intervals(self, first: int, npts: int) -> None:
         """F-relax the C-intervals that start at local point ``first`` (a C-point) and run through ``npts`` points.
@@ -114,8 +125,9 @@ class Level:
                 lo = self.layout.lo
                 t = self._runs[(first, npts)] = self.layout.t[lo + first : lo + first + npts]
             g = None if self.g is None else self.g[first : first + npts]
+            run = self.u[first : first + npts]
             with self.timer.phase("step"):
-                done = fused(self.u[first : first + npts], t, m, g)
+                done = self._opaque(lambda: fused(run, t, m, g))
             if done:
                 self.steps_taken += npts - -(-npts // m)
                 return
@@ -166,14 +178,15 @@ class Level:
         nxt = self._receiver(needs)
         if nxt is not None:  # (no view made otherwise: right after a sweep even that costs ~20 us)
             with self.timer.phase("comm"):
-                self.comm.send(take(values, self.layout.n_local - 1), nxt)
+                last = take(values, self.layout.n_local - 1)
+                self._opaque(lambda: self.comm.send(last, nxt))
 
     def send_point(self, value: State, needs: Callable[[int], bool]) -> None:
         """Send ``value``, this rank's last point, to the next rank if it needs it."""
         nxt = self._receiver(needs)
         if nxt is not None:
             with self.timer.phase("comm"):
-                self.comm.send(value, nxt)
+                self._opaque(lambda: self.comm.send(value, nxt))
 
     def _receiver(self, needs: Callable[[int], bool]) -> int | None:
         """The rank that needs this rank's last point, if any."""
@@ -186,9 +199,9 @@ class Level:
         if prev is None or not needs(self.layout.lo):
             return None
         with self.timer.phase("comm"):
-            return self.comm.recv(self.template, prev)
+            return self._opaque(lambda: self.comm.recv(self.template, prev))
 
-    def post_halo(self, needs: Callable[[int], bool], pair: bool = False) -> PendingRecv | None:
+    def post_halo(self, needs: Callable[[int], bool], pair: bool = False) -> PendingRecv | Slot | None:
         """:meth:`recv_halo` posted without waiting: work that does not need the halo goes on meanwhile.
 
         ``pair``: the message holds two stacked states (the halo and a second value sent along).
@@ -196,13 +209,16 @@ class Level:
         prev = self.layout.prev_owner()
         if prev is None or not needs(self.layout.lo):
             return None
-        if not pair:
-            return self.comm.irecv(self.template, prev)
-        if self._pair_template is None:  # made once (expand copies): only its shape is read
-            self._pair_template = expand(self.template, 2)
-        return self.comm.irecv(self._pair_template, prev)
+        template = self.template
+        if pair:
+            if self._pair_template is None:  # made once (expand copies): only its shape is read
+                self._pair_template = expand(self.template, 2)
+            template = self._pair_template
+        if self.recorder is not None:  # (each replay posts its own receive)
+            return self.recorder.post(lambda: self.comm.irecv(template, prev))
+        return self.comm.irecv(template, prev)
 
-    def wait_halo(self, pending: PendingRecv) -> State:
+    def wait_halo(self, pending: PendingRecv | Slot) -> State:
         with self.timer.phase("comm"):
-            return pending.wait()
+            return self._opaque(pending.wait)
 

@@ -44,6 +44,7 @@ from torchpint.engine.comm import Comm, CompletedSum, PendingSum, default_comm
 from torchpint.engine.grid import coarsen, layouts
 from torchpint.engine.level import Level
 from torchpint.engine.problem import Problem
+from torchpint.engine.replay import IterationRecorder, Plan, Refused
 from torchpint.engine.relax import Cached, c_images, c_relax, c_residual, c_slice, c_values, f_relax, sequential_solve
 from torchpint.engine.result import SolveResult
 from torchpint.engine.state import (
@@ -51,6 +52,7 @@ from torchpint.engine.state import (
     batch_sq_norms,
     expand,
     flatten,
+    leaves,
     length,
     put,
     take,
@@ -136,6 +138,11 @@ class MGRIT:
             module note); the same results, rank 0's ``callback`` possibly an iteration late.
             Only where the comm's ``isum`` does not block (shared-memory messages), and not
             while ``solve`` takes snapshots.
+        replay: record the second iteration's steps, messages and array operations and replay
+            them for the later iterations instead of running the cycle's Python again
+            (:mod:`~torchpint.engine.replay`): the same bits, less time per iteration.  The
+            solve goes on without replaying where an iteration cannot be recorded (states
+            that require grad, an engine decision that reads a tensor's value).
     """
 
     def __init__(
@@ -160,6 +167,7 @@ class MGRIT:
         partition: Sequence[tuple[int, int]] | None = None,
         allow_partial: bool = False,
         run_ahead: bool = True,
+        replay: bool = True,
     ) -> None:
         t = torch.as_tensor(t, dtype=torch.float64)
         cfs = [cf] * max(levels - 1, 0) if isinstance(cf, int) else list(cf)
@@ -201,6 +209,7 @@ class MGRIT:
         self.gather = gather
         self.callback = callback
         self.run_ahead = bool(run_ahead)
+        self.replay = bool(replay)
         self.layouts = layouts(
             self.grids, self.cf, self.comm.rank, self.comm.size, list(partition) if partition is not None else None
         )
@@ -228,6 +237,7 @@ class MGRIT:
             "max_iter": self.max_iter,
             "coarse_storage": self.coarse_storage,
             "run_ahead": self.run_ahead,
+            "replay": self.replay,
             "nproc": self.comm.size,
         }
 
@@ -283,6 +293,34 @@ class MGRIT:
         f_relax(level)
         if lvl != 0 and cycle == "F":
             self._cycle(levels, lvl, "V", first_f=False)
+
+    def _iteration(
+        self, levels: list[Level], timer: PhaseTimer, first_f: bool, cached: Cached | None
+    ) -> tuple[torch.Tensor, Cached]:
+        """One cycle from the finest level, then this rank's part of the residual (see :meth:`_residual_part`)."""
+        self._cycle(levels, 0, self.cycle, first_f=first_f, cached=cached)
+        with timer.phase("residual"):
+            return self._residual_part(levels[0])
+
+    def _record(
+        self, levels: list[Level], timer: PhaseTimer, cached: Cached | None
+    ) -> tuple[torch.Tensor, Cached, Plan | None]:
+        """A steady iteration (no leading F-relaxation), recorded for replay: its results and its plan (None if refused)."""
+        recorder = IterationRecorder(timer)
+        before = [level.steps_taken for level in levels]
+        for level in levels:
+            level.recorder = recorder
+        try:
+            with recorder:
+                local, cached = self._iteration(levels, timer, False, cached)
+        finally:
+            for level in levels:
+                level.recorder = None
+        try:
+            plan = recorder.plan([level.steps_taken - b for level, b in zip(levels, before)])
+        except Refused:
+            plan = None
+        return local, cached, plan
 
     def _nested_iteration(self, levels: list[Level]) -> None:
         """Solve the coarsest level, then inject upwards with a V-cycle on each coarse level."""
@@ -396,13 +434,23 @@ class MGRIT:
                     assert levels[0].u is not None
                     snapshot(iteration, levels[0].u)
 
+        # From the second iteration on every iteration does the same: the first of them is
+        # recorded, the later ones replay it (the same storage, so the same local and cached).
+        record = self.replay and not any(leaf.requires_grad for leaf in leaves(u0))
+        plan: Plan | None = None
         for iteration in range(len(residuals) + 1, self.max_iter + 1):
             if converged:
                 break
-            self._cycle(levels, 0, self.cycle, first_f=iteration == 1, cached=cached)
+            if plan is not None:
+                plan.replay(timer, levels)
+            elif record and iteration > 1:
+                record = False
+                local, cached, plan = self._record(levels, timer, cached)
+            else:
+                local, cached = self._iteration(levels, timer, iteration == 1, cached)
             with timer.phase("residual"):
-                local, cached = self._residual_part(levels[0])
-                open_sums.append((iteration, isum(local)))
+                # (a copy: the next replay overwrites local while this sum may still be open)
+                open_sums.append((iteration, isum(local.clone())))
                 collect(block=not (ahead and len(open_sums) <= _OPEN_SUMS and self._not_last(local, residuals)))
             if open_sums:
                 self.comm.wait_sends(block=False)

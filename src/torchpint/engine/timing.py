@@ -42,5 +42,9 @@ class PhaseTimer:
             context = self._phases[name] = _Phase(name, self.seconds)
         return context
 
+    def active(self) -> tuple[str, ...]:
+        """The phases entered and not yet left (a replayed operation is counted in each)."""
+        return tuple(name for name, context in self._phases.items() if context.starts)
+
     def as_dict(self) -> dict[str, float]:
         return dict(self.seconds)
