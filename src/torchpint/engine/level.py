@@ -16,7 +16,7 @@ import torch
 from torchpint.engine.comm import Comm, PendingRecv
 from torchpint.engine.grid import Layout
 from torchpint.engine.problem import Problem, step_batch, step_batch_into
-from torchpint.engine.state import State, add, empty_stack, expand, length, single, take
+from torchpint.engine.state import State, add, empty_stack, expand, length, put, single, take
 from torchpint.engine.timing import PhaseTimer
 
 if TYPE_CHECKING:
@@ -180,6 +180,23 @@ class Level:
             with self.timer.phase("comm"):
                 last = take(values, self.layout.n_local - 1)
                 self._opaque(lambda: self.comm.send(last, nxt))
+
+    def send_image(self, values: State, needs: Callable[[int], bool], extra: State | None = None) -> None:
+        """Send ``Phi`` of the last point of ``values`` (without ``g``) if the next rank needs it: the image
+        of its first target, stepped here so that the later rank, the one on the critical path
+        (it waits for the earlier ones, never the reverse), does not.  ``extra`` travels along.
+        """
+        nxt = self._receiver(needs)
+        if nxt is None:
+            return
+        n = self.layout.n_local
+        message = self.scratch("halo image" if extra is None else "halo pair", 1 if extra is None else 2)
+        self.phi(take(values, slice(n - 1, n)), self.layout.hi - 1, 1, out=take(message, slice(0, 1)))
+        if extra is not None:
+            put(message, slice(1, 2), single(extra))
+        with self.timer.phase("comm"):
+            payload = take(message, 0) if extra is None else message
+            self._opaque(lambda: self.comm.send(payload, nxt))
 
     def send_point(self, value: State, needs: Callable[[int], bool]) -> None:
         """Send ``value``, this rank's last point, to the next rank if it needs it."""

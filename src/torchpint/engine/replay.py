@@ -78,7 +78,6 @@ class IterationRecorder(TorchFunctionMode):
         self.timer = timer
         self.ops: list[tuple[tuple[str, ...], Op]] = []
         self.refused: str | None = None
-        self._opaque = 0
 
     def _add(self, op: Op) -> None:
         self.ops.append((self.timer.active(), op))
@@ -87,15 +86,16 @@ class IterationRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        if self._opaque:
-            return result
         name = getattr(func, "__name__", "")
+        if isinstance(result, torch.Tensor) and result._is_view() and not (name.endswith("_") or "out" in kwargs):
+            return result  # (most of them: slicing)
         if name in _READS:
             self.refused = self.refused or f"the engine read a tensor's value ({name})"
         elif "out" in kwargs or name in _IN_PLACE or (name.endswith("_") and not name.startswith("__")):
             self._add(_call(func, args, kwargs))
         elif name not in _UNINITIALISED:
-            fresh = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor) and not t._is_view()]
+            produced = result if isinstance(result, (tuple, list)) else (result,)
+            fresh = [t for t in produced if isinstance(t, torch.Tensor) and not t._is_view()]
             if fresh:
                 inputs = _storages((args, kwargs))
                 fresh = [t for t in fresh if t.untyped_storage().data_ptr() not in inputs]
@@ -110,13 +110,9 @@ class IterationRecorder(TorchFunctionMode):
         Its result may be None, a bool (replayed calls must return the same) or a state
         (replayed into the one returned now).
         """
-        if self._opaque:
-            return fn()
-        self._opaque += 1
-        try:
+        # (the problem's and the comm's own torch operations are theirs: not seen by the recorder)
+        with torch._C.DisableTorchFunction():
             result = fn()
-        finally:
-            self._opaque -= 1
         if result is None:
             self._add(fn)
         elif isinstance(result, bool):
