@@ -137,7 +137,11 @@ def worker(names: list[str], repeat: int = 1) -> None:
     out: dict[str, Any] = {"torchpint": str(Path(torchpint.__file__).resolve())}
     for name in names:
         case = {**CASES[name], "repeat": repeat}
-        out[name] = timed_solve(case) if case["nproc"] == 1 else _run_workers(timed_solve, case["nproc"], (case,))[0]
+        if case["nproc"] == 1:
+            out[name] = timed_solve(case)
+        else:  # rank 0's record, with the steps per level of all ranks (which rank takes a step may differ between trees)
+            ranks = _run_workers(timed_solve, case["nproc"], (case,))
+            out[name] = {**ranks[0], "all_steps_per_level": [sum(s) for s in zip(*(r["steps_per_level"] for r in ranks))]}
     print(RECORD + json.dumps(out), flush=True)
 
 
@@ -286,7 +290,7 @@ def compare(rounds_by_tree: dict[str, list[dict[str, Any]]], names: list[str]) -
             metrics = [per_run(r) for r in runs]
             row[tree] = {k: statistics.median(m[k] for m in metrics) for k in metrics[0]}
             row[tree]["iterations"] = runs[0]["iterations"]
-            row[tree]["steps_per_level"] = runs[0]["steps_per_level"]
+            row[tree]["steps_per_level"] = runs[0].get("all_steps_per_level", runs[0]["steps_per_level"])
             row[tree]["residuals"] = runs[0]["residuals"]
         if len(trees) == 2:
             base, work = (row[t] for t in trees)

@@ -37,8 +37,12 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
         if cached is not None:
             images = cached.images
         else:
-            last_v = take(v, length(v) - 1) if send_pair else None
-            images = c_images(fine, send_extra=last_v, recv_extra=received if recv_pair else None,
+            extra = None
+            if send_pair:  # tau's halo: the image of our last coarse point (see point_images)
+                n_c = length(v)
+                extra = take(coarse.phi(take(v, slice(n_c - 1, n_c)), coarse.layout.hi - 1, 1,
+                                        out=coarse.scratch("halo image", 1)), 0)
+            images = c_images(fine, send_extra=extra, recv_extra=received if recv_pair else None,
                               scratch=None if fine.c_only else "restrict images")
         if not coarse.alias:  # an aliasing coarse u already is v
             put(coarse.u, slice(None), take(v, c_slice(coarse)) if coarse.c_only else v)
