@@ -66,6 +66,9 @@ class SolveConfig:
     run_ahead: bool = True
     # record the second iteration and replay it for the later ones (MGRIT's replay; the same results)
     replay: bool = True
+    # the earlier rank steps the later rank's first halo image (MGRIT's halo_images; every problem here
+    # can be stepped anywhere on every rank)
+    halo_images: bool = True
     # output
     verbose: bool = True
     return_solution: bool = False
@@ -114,6 +117,7 @@ def build_solver(config: SolveConfig, callback: Any = None, comm: Comm | None = 
         comm=comm,
         run_ahead=config.run_ahead,
         replay=config.replay,
+        halo_images=config.halo_images,
     )
 
 
@@ -169,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=True,
                         help="record the second iteration's steps, messages and array operations and replay "
                              "them for the later iterations, without the cycle's Python (same results)")
+    parser.add_argument("--halo-images", action=argparse.BooleanOptionalAction, default=True,
+                        help="a rank sends the next one the step of its last point where that rank's first "
+                             "C-point needs it, instead of the point (same results)")
     parser.add_argument("--nx", type=int, default=65, help="heat1d: grid points incl. boundaries")
     parser.add_argument("--x-start", type=float, default=0.0)
     parser.add_argument("--x-end", type=float, default=2.0)
@@ -218,6 +225,7 @@ def config_from_args(args: argparse.Namespace) -> SolveConfig:
         transport=args.transport,
         run_ahead=args.run_ahead,
         replay=args.replay,
+        halo_images=args.halo_images,
         fault=fault,
     )
 

@@ -55,6 +55,9 @@ class Level:
     # While an iteration is recorded for replay: every call into the problem or the comm goes
     # through it (engine/replay.py).
     recorder: IterationRecorder | None = field(default=None, repr=False)
+    # Halos of C-point images carry Phi of the sender's last point (MGRIT's halo_images): only
+    # where every rank can step at every point (not a problem holding only its rank's layers).
+    halo_images: bool = False
 
     def _opaque(self, fn: Callable[[], Any]) -> Any:
         """Run a call into the problem or the comm (one operation of a recorded iteration)."""

@@ -143,6 +143,12 @@ class MGRIT:
             (:mod:`~torchpint.engine.replay`): the same bits, less time per iteration.  The
             solve goes on without replaying where an iteration cannot be recorded (states
             that require grad, an engine decision that reads a tensor's value).
+        halo_images: a rank sends the next one the image ``Phi(u_last)`` of its last point where
+            that rank's first C-point needs it, instead of the point: the step moves to the
+            earlier rank, off the later rank's path (the later ranks wait for the earlier ones,
+            never the reverse), with the same bits.  Only for problems that every rank can step
+            at every point (off by default: a problem may hold only its own rank's part, as the
+            layer-parallel networks' layers); ``torchpint solve`` turns it on for its problems.
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class MGRIT:
         allow_partial: bool = False,
         run_ahead: bool = True,
         replay: bool = True,
+        halo_images: bool = False,
     ) -> None:
         t = torch.as_tensor(t, dtype=torch.float64)
         cfs = [cf] * max(levels - 1, 0) if isinstance(cf, int) else list(cf)
@@ -210,6 +217,7 @@ class MGRIT:
         self.callback = callback
         self.run_ahead = bool(run_ahead)
         self.replay = bool(replay)
+        self.halo_images = bool(halo_images)
         self.layouts = layouts(
             self.grids, self.cf, self.comm.rank, self.comm.size, list(partition) if partition is not None else None
         )
@@ -238,6 +246,7 @@ class MGRIT:
             "coarse_storage": self.coarse_storage,
             "run_ahead": self.run_ahead,
             "replay": self.replay,
+            "halo_images": self.halo_images,
             "nproc": self.comm.size,
         }
 
@@ -247,7 +256,8 @@ class MGRIT:
         last = len(self.layouts) - 1
         for lvl, layout in enumerate(self.layouts):
             c_only = self.coarse_storage == "c" and 0 < lvl < last
-            level = Level(lvl, layout, self.problems[lvl], self.comm, timer, template=u0, c_only=c_only)
+            level = Level(lvl, layout, self.problems[lvl], self.comm, timer, template=u0, c_only=c_only,
+                          halo_images=self.halo_images)
             # A C-points-only level stores what the next coarser level owns on this rank.
             stored = self.layouts[lvl + 1].n_local if c_only else layout.n_local
             if lvl > 0 and not c_only:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from torchpint.engine.level import Level
-from torchpint.engine.state import State, axpby, cat, empty_stack, length, put, single, sub, take, tree_map
+from torchpint.engine.state import State, axpby, cat, empty_stack, length, put, single, stack, sub, take, tree_map
 
 
 def _first_local_c(level: Level) -> int:
@@ -75,16 +75,16 @@ def point_images(
 ) -> tuple[slice, State] | None:
     """``Phi(values_{i-1}) (+ g_i)`` at the local C-points ``i >= 1`` (or every point ``i >= 1``).
 
-    Needs the halo when this rank's first target is its first point: the previous rank sends
-    the image of its last point (:meth:`~torchpint.engine.level.Level.send_image`), so the step
-    into the first target is taken there and only ``g`` is added here (the same bits: the step
-    adds ``g`` as one rounding after its solve).  Returns the local slice of the targets and the
-    stacked images, or None if this rank has no target.
+    Needs the halo when this rank's first target is its first point: the previous rank's last
+    point, or with ``level.halo_images`` its image (:meth:`~torchpint.engine.level.Level.send_image`):
+    the step into the first target is then taken there and only ``g`` is added here (the same
+    bits: the step adds ``g`` as one rounding after its solve).  Returns the local slice of the
+    targets and the stacked images, or None if this rank has no target.
     ``into``: a stacked state of the local points (e.g. ``values`` itself, when only targets
     change) into whose targets the images are written; the returned images are then that view.
 
     Two halos in one message (the restriction's, see :func:`~torchpint.engine.transfer.restrict`):
-    ``send_extra`` (an image too) travels with this rank's image, and ``recv_extra`` (a list) receives
+    ``send_extra`` travels with this rank's halo (an image too, with ``halo_images``), and ``recv_extra`` (a list) receives
     what travelled with the halo; ``send=False`` and ``halo`` are for the second exchange,
     whose value has already been sent or received that way.  ``scratch``: without ``into``, the
     images go to the level's scratch storage of that name (:meth:`~torchpint.engine.level.Level.scratch`).
@@ -95,8 +95,12 @@ def point_images(
         return None
     m = 1 if every_point or layout.m is None else layout.m
     needs = lambda boundary: boundary % m == 0  # the next rank starts at a target
-    if send:
+    if send and level.halo_images:
         level.send_image(values, needs, send_extra)
+    elif send and send_extra is None:
+        level.send_last(values, needs)
+    elif send:
+        level.send_point(stack([take(values, n - 1), send_extra]), needs)
     # only for the first target: the others are stepped meanwhile
     pending = None if halo is not None else level.post_halo(needs, pair=recv_extra is not None)
     first = -(-lo // m) * m - lo  # local index of the first target
@@ -113,7 +117,7 @@ def point_images(
     if pending is None and halo is None:
         step(take(values, slice(start - 1, start - 1 + count * m, m)), lo + start - 1, count, m, out=targets)
         return where, targets
-    # start == 0: the first target's image is the halo (without g), the others' predecessors are local.
+    # start == 0: the first target's predecessor (or its image) is the halo, the others' are local.
     if count > 1:
         prev = take(values, slice(m - 1, m - 1 + (count - 1) * m, m))
         step(prev, lo + m - 1, count - 1, m, out=take(targets, slice(1, None)))
@@ -124,7 +128,9 @@ def point_images(
             recv_extra.append(take(halo, 1))
             halo = take(halo, 0)
     first_target = take(targets, slice(0, 1))
-    if with_g and level.g is not None:
+    if not level.halo_images:
+        step(single(halo), lo - 1, 1, out=first_target)
+    elif with_g and level.g is not None:
         g = take(level.g, slice(0, 1))
         tree_map(lambda image, g, out: torch.add(image, g, out=out), single(halo), g, first_target)
     else:

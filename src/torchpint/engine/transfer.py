@@ -37,11 +37,13 @@ def restrict(fine: Level, coarse: Level, cached: Cached | None = None) -> None:
         if cached is not None:
             images = cached.images
         else:
-            extra = None
-            if send_pair:  # tau's halo: the image of our last coarse point (see point_images)
+            extra = None  # tau's halo: our last coarse point, or its image (see point_images)
+            if send_pair and fine.halo_images:
                 n_c = length(v)
                 extra = take(coarse.phi(take(v, slice(n_c - 1, n_c)), coarse.layout.hi - 1, 1,
                                         out=coarse.scratch("halo image", 1)), 0)
+            elif send_pair:
+                extra = take(v, length(v) - 1)
             images = c_images(fine, send_extra=extra, recv_extra=received if recv_pair else None,
                               scratch=None if fine.c_only else "restrict images")
         if not coarse.alias:  # an aliasing coarse u already is v
