@@ -304,7 +304,17 @@ def compare(rounds_by_tree: dict[str, list[dict[str, Any]]], names: list[str]) -
     return table
 
 
-def print_table(table: dict[str, Any], trees: list[str]) -> None:
+def round_ratios(rounds: dict[str, list[dict[str, Any]]], one: str, two: str) -> dict[str, list[float]]:
+    """Per tree, each round's solve time of case ``one`` over ``two``.
+
+    A round runs a tree's cases in one process, one after the other, so the two times of a
+    round are seconds apart: their ratio is less exposed to this VM's slow and fast phases
+    than the ratio of medians taken over the whole run.
+    """
+    return {tree: [r[one]["seconds"] / r[two]["seconds"] for r in runs] for tree, runs in rounds.items()}
+
+
+def print_table(table: dict[str, Any], trees: list[str], per_round: dict[str, dict[str, list[float]]] | None = None) -> None:
     head = (f"{'case':5s} {'tree':24s} {'solve s':>8s} {'cpu s':>7s} {'iters':>5s} {'step us':>8s}"
             f" {'bookkeeping ms/iter':>20s} {'msgs/iter':>9s}")
     print(head)
@@ -322,8 +332,11 @@ def print_table(table: dict[str, Any], trees: list[str]) -> None:
             print(f"case {one}, 2 processes over 1: solve time (the steps' own speed-up, 2 x step us on 1 / on 2,"
                   " i.e. what the two cores deliver together in this run)")
             for tree in trees:
+                ratios = (per_round or {}).get(one, {}).get(tree)
+                within = (f"; per round {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)"
+                          if ratios else "")
                 print(f"      {tree:24s} {time_scaling(table, tree, one, two):8.2f}x"
-                      f"  ({step_scaling(table, tree, one, two):.2f}x)")
+                      f"  ({step_scaling(table, tree, one, two):.2f}x){within}")
     if "1n5" in table and "1n5p2" in table:
         print("the engine's floor, ms per iteration with nx 5 (states of 3 values), on 1 and on 2 processes:")
         for tree in trees:
@@ -557,12 +570,15 @@ def main() -> None:
     table = compare(rounds, names)
     print(f"\nHeat1D, FCF V-cycles, cf 4, no nested, tol 1e-9; medians of {args.rounds} interleaved rounds"
           + (f", each the median of {args.repeat} solves" if args.repeat > 1 else ""))
-    print_table(table, list(trees))
+    per_round = {one: round_ratios(rounds, one, two) for one, two in SCALING_PAIRS if one in names and two in names}
+    print_table(table, list(trees), per_round)
     if "1" in names and "1p2" in names:
-        record["two_over_one"] = {t: {"solve": time_scaling(table, t), "steps": step_scaling(table, t)} for t in trees}
+        record["two_over_one"] = {t: {"solve": time_scaling(table, t), "steps": step_scaling(table, t),
+                                      "per_round": per_round["1"][t]} for t in trees}
     if "1w" in names and "1wp2" in names:
         record["two_over_one_1w"] = {t: {"solve": time_scaling(table, t, "1w", "1wp2"),
-                                         "steps": step_scaling(table, t, "1w", "1wp2")} for t in trees}
+                                         "steps": step_scaling(table, t, "1w", "1wp2"),
+                                         "per_round": per_round["1w"][t]} for t in trees}
     if "1n5" in names and "1n5p2" in names:
         record["floor_ms_per_iter"] = {t: {n: 1e3 * table[n][t]["seconds"] / table[n][t]["iterations"]
                                            for n in ("1n5", "1n5p2")} for t in trees}

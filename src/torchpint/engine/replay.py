@@ -110,9 +110,13 @@ class IterationRecorder(TorchFunctionMode):
         Its result may be None, a bool (replayed calls must return the same) or a state
         (replayed into the one returned now).
         """
-        # (the problem's and the comm's own torch operations are theirs: not seen by the recorder)
-        with torch._C.DisableTorchFunction():
+        # The problem's and the comm's own torch operations are theirs: the recorder steps out of
+        # the way (leaving any torch-function handling of their own as it is).
+        self.__exit__(None, None, None)
+        try:
             result = fn()
+        finally:
+            self.__enter__()
         if result is None:
             self._add(fn)
         elif isinstance(result, bool):
