@@ -145,3 +145,37 @@ def test_a_recording_replays_writes_and_new_tensors_into_the_same_storage() -> N
     assert torch.equal(out, torch.tensor([0.0, 5.0, 7.0, 9.0]))
     assert torch.equal(a, torch.tensor([11.0, 12.0, 13.0, 14.0]))
     assert level.steps_taken == 3 and timer.seconds["work"] > 0
+
+
+def test_dict_states_and_a_problem_with_state_of_its_own_replay_alike(monkeypatch) -> None:
+    """States that are dicts of tensors; a problem that counts its calls and changes with them:
+    a replayed step runs the problem's own code, so it sees what the problem does."""
+
+    class Drifting:
+        """Two decoupled decays in a dict state whose rate drifts with every call (Python state)."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def step(self, u, t0, t1):
+            self.calls += 1
+            rate = 1.0 + 1e-3 * (self.calls % 7)
+            dt = t1 - t0
+            return {"a": u["a"] / (1 + rate * dt), "b": u["b"] / (1 + 2 * rate * dt)}
+
+    from torchpint.engine.replay import Plan
+
+    replays = []
+    original = Plan.replay
+    monkeypatch.setattr(Plan, "replay", lambda self, *args: replays.append(1) or original(self, *args))
+    u0 = {"a": torch.ones(2, dtype=torch.float64), "b": torch.ones(3, dtype=torch.float64)}
+    runs = []
+    for replay in (False, True):
+        problem = Drifting()
+        result = MGRIT(problem, time_grid(0, 1, 65), levels=3, cf=4, tol=0.0, max_iter=6, replay=replay).solve(u0)
+        runs.append((result, problem.calls))
+    (plain, plain_calls), (replayed, replayed_calls) = runs
+    assert len(replays) == 6 - 2
+    assert replayed_calls == plain_calls
+    assert replayed.residuals == plain.residuals
+    assert all(torch.equal(replayed.u[k], plain.u[k]) for k in ("a", "b"))
