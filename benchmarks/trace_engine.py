@@ -4,7 +4,10 @@ Case 1 or 2 of bench_engine.py (Heat1D, FCF V-cycles, cf 4, tol 1e-9) on 1 or mo
 the fastest of 3 solves after a warm-up.  Each phase of the engine's PhaseTimer and each
 DistComm call (posting a receive, waiting for it, a send, the all-reduce) is recorded with its
 wall and thread-CPU time; a phase's *exclusive* time leaves out the phases and calls inside it.
-Wall time well above CPU time in a message call is waiting for the other rank.
+Wall time well above CPU time in a message call is waiting for the other rank.  The solves run
+the cycle every iteration (``replay=False``): replayed iterations do the same work without
+entering the phases one by one, so they could not be broken down here (``bench_engine.py``
+times the solve as it runs by default).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/trace_engine.py --case 1 --nproc 2 [--transport gloo]
 
@@ -24,6 +27,7 @@ there takes 60-100 us instead of 10.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import collections
 import time
 from typing import Any
@@ -100,8 +104,9 @@ def traced_solve(case: str, transport_name: str = "auto", kernels: str = "") -> 
             stop = {"tol": 0.0, "max_iter": 10}
     torch.set_num_threads(1)
     nx, nt, levels = CASES[case]
+    no_replay = {"replay": False} if "replay" in {f.name for f in dataclasses.fields(SolveConfig)} else {}
     config = SolveConfig(problem="heat1d", nx=nx, nt=nt, levels=levels, cf=[4], relax="FCF", cycle="V",
-                         nested=False, verbose=False, **stop, **transport)
+                         nested=False, verbose=False, **stop, **transport, **no_replay)
     build_solver(config).solve()  # warm-up (numba's cache, allocator)
     best: dict[str, Any] | None = None
     for _ in range(3):
