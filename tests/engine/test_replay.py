@@ -120,6 +120,16 @@ def test_an_engine_decision_on_a_tensor_value_refuses_the_recording() -> None:
         recorder.plan([])
 
 
+def test_a_state_that_requires_grad_refuses_the_recording() -> None:
+    timer = PhaseTimer()
+    weights = torch.ones(3, requires_grad=True)
+    recorder = IterationRecorder(timer)
+    with recorder:
+        recorder.call(lambda: weights * 2)  # a step whose result autograd would track
+    with pytest.raises(Refused, match="requires grad"):
+        recorder.plan([])
+
+
 def test_a_recording_replays_writes_and_new_tensors_into_the_same_storage() -> None:
     timer = PhaseTimer()
     a, out = torch.arange(4.0), torch.zeros(4)

@@ -15,8 +15,9 @@ that).  So the engine records the side effects of one iteration and replays them
   or when it makes a new tensor (replayed into that tensor); views are not replayed: the
   ones made while recording stay valid, since every replay writes into the same storage;
 * a read of a tensor's value by the engine (``float``, ``item``, ``bool``, ``numpy``, ...)
-  would make the iteration's course depend on its data: the recording is then refused and
-  the solve goes on without replaying.
+  would make the iteration's course depend on its data, and a state that requires grad would
+  need autograd to record each operation anew: the recording is then refused and the solve
+  goes on without replaying.
 
 The replay is bitwise the iteration it replays (the same operations on the same data in the
 same order); each operation keeps the phases it ran in, so ``phase_seconds`` still says
@@ -91,6 +92,8 @@ class IterationRecorder(TorchFunctionMode):
             return result  # (most of them: slicing)
         if name in _READS:
             self.refused = self.refused or f"the engine read a tensor's value ({name})"
+        elif _grad(result):
+            self.refused = self.refused or "a state requires grad (autograd records each operation anew)"
         elif "out" in kwargs or name in _IN_PLACE or (name.endswith("_") and not name.startswith("__")):
             self._add(_call(func, args, kwargs))
         elif name not in _UNINITIALISED:
@@ -117,6 +120,8 @@ class IterationRecorder(TorchFunctionMode):
             result = fn()
         finally:
             self.__enter__()
+        if _grad(result):
+            self.refused = self.refused or "a state requires grad (autograd records each operation anew)"
         if result is None:
             self._add(fn)
         elif isinstance(result, bool):
@@ -150,6 +155,13 @@ class Slot:
 
     def wait(self) -> State:
         return self.pending.wait()
+
+
+def _grad(result: Any) -> bool:
+    if isinstance(result, torch.Tensor):
+        return result.requires_grad
+    return isinstance(result, (tuple, list, dict)) and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tree_flatten(result)[0])
 
 
 def _call(func: Callable[..., Any], args: tuple, kwargs: dict) -> Op:
