@@ -52,7 +52,6 @@ from torchpint.engine.state import (
     batch_sq_norms,
     expand,
     flatten,
-    leaves,
     length,
     put,
     take,
@@ -446,7 +445,7 @@ class MGRIT:
 
         # From the second iteration on every iteration does the same: the first of them is
         # recorded, the later ones replay it (the same storage, so the same local and cached).
-        record = self.replay and not any(leaf.requires_grad for leaf in leaves(u0))
+        record = self.replay
         plan: Plan | None = None
         for iteration in range(len(residuals) + 1, self.max_iter + 1):
             if converged:
