@@ -85,9 +85,10 @@ def point_images(
 
     Two halos in one message (the restriction's, see :func:`~torchpint.engine.transfer.restrict`):
     ``send_extra`` travels with this rank's halo (an image too, with ``halo_images``), and
-    ``recv_extra`` (a list) receives what travelled with the halo; ``send=False`` and ``halo`` are for the second exchange,
-    whose value has already been sent or received that way.  ``scratch``: without ``into``, the
-    images go to the level's scratch storage of that name (:meth:`~torchpint.engine.level.Level.scratch`).
+    ``recv_extra`` (a list) receives what travelled with the halo; ``send=False`` and ``halo``
+    are for the second exchange, whose value has already been sent or received that way.
+    ``scratch``: without ``into``, the images go to the level's scratch storage of that name
+    (:meth:`~torchpint.engine.level.Level.scratch`).
     """
     layout = level.layout
     n, lo = layout.n_local, layout.lo
